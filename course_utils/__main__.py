@@ -1,0 +1,55 @@
+"""Command line: `python -m course_utils run --profile tiny [--only 03]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_utils",
+                                     description="Run the course notebooks headless.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="execute the notebooks in order with papermill")
+    run.add_argument("--profile", default="tiny", help="tiny | full | auto (default: tiny)")
+    run.add_argument("--only", nargs="+", metavar="NN",
+                     help="run only these notebooks, by number or name (e.g. 00 03)")
+    run.add_argument("--notebooks", type=Path, help="folder of notebooks (default: notebooks/)")
+    run.add_argument("--run-dir", type=Path, help="where executed notebooks and the summary go")
+    run.add_argument("--no-progress", action="store_true", help="hide per-cell progress bars")
+    strip = commands.add_parser("strip", help="remove outputs except nbval-checked cells")
+    strip.add_argument("notebooks", nargs="+", type=Path)
+    store = commands.add_parser("store-checked",
+                                help="copy checked cells' outputs from an executed copy")
+    store.add_argument("source", type=Path)
+    store.add_argument("executed", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "strip":
+        from course_utils.notebook_tools import strip_files
+
+        strip_files(args.notebooks)
+        return 0
+    if args.command == "store-checked":
+        from course_utils.notebook_tools import store_checked_files
+
+        store_checked_files(args.source, args.executed)
+        return 0
+
+    from course_utils.runner import NotebookFailed, run_course
+
+    try:
+        run_course(profile=args.profile, only=args.only, notebooks_dir=args.notebooks,
+                   run_dir=args.run_dir, progress=not args.no_progress)
+    except NotebookFailed as error:
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as error:
+        print(f"\nERROR: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Metrics on hand-checked strings, BERTScore on the packaged MiniLM, perplexity on SmolLM2."""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+
+import pytest
+import torch
+
+from course_utils import metrics
+from course_utils.metrics import (
+    bertscore,
+    bertscore_baseline_file,
+    evaluate_answers,
+    exact_match,
+    mean_token_nll,
+    normalize_answer,
+    perplexity,
+    perplexity_from_loss,
+    token_f1,
+)
+from course_utils.profiles import TINY
+
+MINILM = "packaged:all-minilm-l6-v2"
+
+
+# ---------------------------------------------------------------- exact match and token F1
+
+
+def test_normalize_answer_follows_squad():
+    assert normalize_answer("  The Cat, an  Owl & a dog!  ") == "cat owl dog"
+    assert normalize_answer("No Answer Present.") == "no answer present"
+
+
+def test_identical_strings_score_one():
+    assert exact_match("about 24 hours", "about 24 hours") == 1.0
+    assert token_f1("about 24 hours", "about 24 hours") == 1.0
+
+
+def test_disjoint_strings_score_zero():
+    assert exact_match("Paris", "Berlin") == 0.0
+    assert token_f1("Paris France", "Berlin Germany") == 0.0
+
+
+def test_normalization_makes_case_punctuation_and_articles_irrelevant():
+    assert exact_match("The Cat!", "cat") == 1.0
+
+
+def test_partial_overlap_f1_matches_hand_computation():
+    # normalized: [quick, brown, fox] vs [quick, brown, dog, jumps]: 2 shared words
+    precision, recall = 2 / 3, 2 / 4
+    expected = 2 * precision * recall / (precision + recall)  # = 4/7
+    assert token_f1("the quick brown fox", "quick brown dog jumps") == pytest.approx(expected)
+    assert 0 < expected < 1
+    assert exact_match("the quick brown fox", "quick brown dog jumps") == 0.0
+
+
+def test_repeated_words_count_once_per_match():
+    # "paris paris" shares only one "paris" with "paris": P = 1/2, R = 1
+    assert token_f1("paris paris", "paris") == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_multiple_references_take_the_best():
+    assert exact_match("Paris", ["London", "paris."]) == 1.0
+    assert token_f1("quick brown fox", ["slow dog", "quick brown fox"]) == 1.0
+    assert token_f1("quick fox", ["slow dog", "quick brown fox"]) == pytest.approx(0.8)
+
+
+def test_empty_strings():
+    assert exact_match("", "") == 1.0
+    assert token_f1("", "") == 1.0
+    assert token_f1("", "Paris") == 0.0
+    with pytest.raises(ValueError, match="non-empty list"):
+        token_f1("Paris", [])
+
+
+# ---------------------------------------------------------------- BERTScore and evaluate_answers
+
+PREDICTIONS = ["The capital of France is Paris.", "A day on Mars lasts about 24 hours 37 minutes.",
+               "Water boils at 100 degrees Celsius at sea level."]
+UNRELATED = ["Bananas are rich in potassium.", "The violin has four strings.",
+             "Tokyo hosted the Olympic Games."]
+KEYS = {"n", "exact_match", "token_f1", "bertscore_precision", "bertscore_recall",
+        "bertscore_f1", "bertscore_rescaled", "bertscore_model"}
+
+
+def test_evaluate_answers_returns_every_key_and_ranks_identical_above_unrelated():
+    same = evaluate_answers(PREDICTIONS, PREDICTIONS, profile=TINY)
+    other = evaluate_answers(PREDICTIONS, UNRELATED, profile=TINY)
+    assert KEYS <= set(same)
+    assert same["n"] == 3
+    assert same["exact_match"] == 1.0 and same["token_f1"] == 1.0
+    assert other["exact_match"] == 0.0
+    assert same["bertscore_f1"] == pytest.approx(1.0, abs=1e-4)
+    assert same["bertscore_f1"] > other["bertscore_f1"]
+    assert same["bertscore_model"] == TINY.bertscore_model
+    assert set(same["per_example"]) == {"exact_match", "token_f1", "bertscore_f1"}
+    assert len(same["per_example"]["token_f1"]) == 3
+
+
+def test_empty_prediction_scores_zero_instead_of_crashing():
+    # bert-score 0.3.13 crashes on "" with transformers 5; the wrapper scores it as 0
+    result = evaluate_answers(["", PREDICTIONS[0]], [PREDICTIONS[0], [PREDICTIONS[0], ""]],
+                              bertscore_model=MINILM, bertscore_num_layers=4)
+    assert result["per_example"]["bertscore_f1"][0] == 0.0
+    assert result["per_example"]["bertscore_f1"][1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_minilm_bertscore_runs_without_network_and_is_not_rescaled(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"BERTScore tried to reach the network: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    metrics._scorer.cache_clear()  # load the encoder again, under the network block
+    result = bertscore(PREDICTIONS, UNRELATED, MINILM, num_layers=4)
+    assert result["rescaled"] is False
+    assert result["model"] == MINILM
+    assert 0 < result["f1"] < 1
+
+
+def test_scorer_is_cached_per_model_and_layer():
+    assert metrics._scorer(MINILM, 4) is metrics._scorer(MINILM, 4)
+
+
+def test_baselines_exist_for_roberta_large_only_among_course_models():
+    assert bertscore_baseline_file("roberta-large") is not None
+    assert bertscore_baseline_file(MINILM) is None
+
+
+def test_rescaling_maps_identical_to_one_and_empty_to_below_zero(tmp_path):
+    from bert_score import BERTScorer
+
+    from course_utils.models import resolve_model_path
+
+    baseline = tmp_path / "baseline.tsv"
+    baseline.write_text("LAYER,P,R,F\n" + "".join(f"{i},0.6,0.6,0.6\n" for i in range(7)))
+    scorer = BERTScorer(model_type=resolve_model_path(MINILM), num_layers=4, lang="en",
+                        rescale_with_baseline=True, baseline_path=str(baseline))
+    scores = metrics._score_pairs(scorer, [PREDICTIONS[0], ""], [[PREDICTIONS[0]], ["Paris"]])
+    assert scores[0].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+    assert scores[1].tolist() == pytest.approx([-1.5, -1.5, -1.5])  # (0 - 0.6) / (1 - 0.6)
+
+
+def test_folder_model_without_layer_is_refused():
+    with pytest.raises(ValueError, match="num_layers"):
+        bertscore(["a"], ["b"], MINILM, num_layers=None)
+
+
+@pytest.mark.parametrize(
+    ("predictions", "references", "message"),
+    [
+        (["a", "b"], ["a"], "2 predictions but 1 references"),
+        ([], [], "empty"),
+        ("abc", ["a", "b", "c"], "single string"),
+        ([None], ["a"], "not a string"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(predictions, references, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_answers(predictions, references, profile=TINY)
+
+
+def test_evaluate_answers_needs_a_bertscore_model():
+    with pytest.raises(ValueError, match="profile= or bertscore_model="):
+        evaluate_answers(["a"], ["a"])
+
+
+# ---------------------------------------------------------------- perplexity
+
+
+def test_perplexity_from_loss():
+    assert perplexity_from_loss(0.0) == 1.0
+    assert perplexity_from_loss(math.log(10)) == pytest.approx(10.0)
+    assert perplexity_from_loss(1e6) == math.inf
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from course_utils.models import load_causal_lm
+
+    return load_causal_lm("packaged:smollm2-135m-instruct", dtype=torch.float32)
+
+
+def _rows(tokenizer, texts):
+    return [{"input_ids": tokenizer(t)["input_ids"]} for t in texts]
+
+
+def _make_collator(pad_id):
+    def collate(rows):
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, :len(r["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": ids.masked_fill(mask == 0, -100)}
+    return collate
+
+
+SENTENCES = ["The sun rises in the east and sets in the west.",
+             "Cats like to sleep in warm places.",
+             "Paris is the capital city of France, famous for the Eiffel Tower."]
+
+
+def test_perplexity_is_finite_above_one_and_restores_training_mode(tiny_lm):
+    model, tokenizer = tiny_lm
+    model.train()
+    value = perplexity(model, _rows(tokenizer, SENTENCES), _make_collator(tokenizer.pad_token_id))
+    assert model.training
+    model.eval()
+    assert math.isfinite(value) and value > 1
+
+
+def test_mean_nll_matches_model_loss_and_ignores_padding(tiny_lm):
+    model, tokenizer = tiny_lm
+    collate = _make_collator(tokenizer.pad_token_id)
+    rows = _rows(tokenizer, SENTENCES)
+    one = collate(rows[:1])
+    with torch.inference_mode():
+        expected = model(**one).loss.item()  # the model's own shifted mean
+    assert mean_token_nll(model, rows[:1], collate) == pytest.approx(expected, rel=1e-4)
+    batched = mean_token_nll(model, rows, collate, batch_size=3)
+    single = mean_token_nll(model, rows, collate, batch_size=1)
+    assert batched == pytest.approx(single, rel=1e-3)
+
+
+def test_repeated_text_is_less_perplexing_than_shuffled_words(tiny_lm):
+    model, tokenizer = tiny_lm
+    repeated = " ".join(["The cat sat on the mat and looked at the door."] * 6)
+    words = repeated.split()
+    random.Random(0).shuffle(words)
+    collate = _make_collator(tokenizer.pad_token_id)
+    low = perplexity(model, _rows(tokenizer, [repeated]), collate)
+    high = perplexity(model, _rows(tokenizer, [" ".join(words)]), collate)
+    assert low < high
+
+
+def test_all_masked_labels_raise(tiny_lm):
+    model, tokenizer = tiny_lm
+
+    def collate(rows):
+        batch = _make_collator(tokenizer.pad_token_id)(rows)
+        batch["labels"][:] = -100
+        return batch
+
+    with pytest.raises(ValueError, match="no label tokens"):
+        perplexity(model, _rows(tokenizer, SENTENCES[:1]), collate)

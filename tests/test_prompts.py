@@ -1,0 +1,119 @@
+"""Prompts and training rows, on the real SmolLM2 tokenizer and a copy without chat template."""
+
+import copy
+
+import pytest
+from datasets import Dataset
+
+from course_utils import prompts
+from course_utils.data import MSMARCO_FEATURES
+from course_utils.models import load_tokenizer
+
+QUESTION = "how long is a day on mars"
+CONTEXT = "Mars is the fourth planet from the Sun. A day on Mars lasts about 24 hours and 37 minutes."
+ANSWER = "about 24 hours and 37 minutes"
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return load_tokenizer("packaged:smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def plain(chat):
+    tokenizer = copy.deepcopy(chat)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def labelled(tokenizer, row):
+    """Token ids that carry a label, checking they match input_ids at the same positions."""
+    positions = [i for i, label in enumerate(row["labels"]) if label != -100]
+    assert positions == list(range(positions[0], len(row["labels"])))  # one run, at the end
+    assert [row["input_ids"][i] for i in positions] == [row["labels"][i] for i in positions]
+    return [row["labels"][i] for i in positions]
+
+
+def test_smollm2_ends_replies_with_im_end(chat):
+    assert chat.eos_token == "<|im_end|>" and chat.pad_token_id == chat.eos_token_id
+
+
+@pytest.mark.parametrize("which, spoken", [("chat", ANSWER), ("plain", " " + ANSWER)])
+def test_only_answer_and_end_token_carry_labels(chat, plain, which, spoken):
+    tokenizer = chat if which == "chat" else plain
+    row = prompts.tokenize_qa(tokenizer, QUESTION, CONTEXT, ANSWER, max_length=256)
+    ids = labelled(tokenizer, row)
+    assert ids[-1] == tokenizer.eos_token_id  # the end token keeps its label: the model learns to stop
+    assert tokenizer.decode(ids[:-1]) == spoken
+    assert row["attention_mask"] == [1] * len(row["input_ids"])
+    prompt = prompts.qa_prompt(tokenizer, QUESTION, CONTEXT)
+    n_prompt = len(row["labels"]) - len(ids)
+    assert row["input_ids"][:n_prompt] == prompts.prompt_token_ids(tokenizer, prompt)
+
+
+def test_chat_and_plain_templates(chat, plain):
+    chat_prompt = prompts.qa_prompt(chat, QUESTION, CONTEXT)
+    assert chat_prompt.startswith("<|im_start|>system\n" + prompts.SYSTEM_PROMPT)
+    assert f"Question: {QUESTION}\nContext: {CONTEXT}" in chat_prompt
+    assert chat_prompt.endswith("<|im_start|>assistant\n")
+    assert prompts.qa_prompt(plain, QUESTION, CONTEXT) == \
+        f"Question: {QUESTION}\nContext: {CONTEXT}\nAnswer:"
+    assert "No Answer Present." in prompts.SYSTEM_PROMPT
+
+
+def test_collator_pads_each_batch_to_its_longest_row(chat):
+    rows = [prompts.tokenize_qa(chat, QUESTION, CONTEXT[:n], ANSWER, max_length=256)
+            for n in (20, 90, 50)]
+    chat.padding_side = "left"  # as a generation cell leaves it; training still pads right
+    try:
+        batch = prompts.qa_collator(chat)(rows)
+    finally:
+        chat.padding_side = "right"
+    longest = max(len(row["input_ids"]) for row in rows)
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, longest) and longest < 256
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        assert batch["input_ids"][i, :n].tolist() == row["input_ids"]
+        assert batch["labels"][i, :n].tolist() == row["labels"]
+        assert batch["labels"][i, n:].tolist() == [-100] * (longest - n)
+        assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (longest - n)
+
+
+def test_the_selected_passage_is_the_context(chat):
+    row = {"query": QUESTION, "answers": [ANSWER], "query_id": 1, "query_type": "numeric",
+           "wellFormedAnswers": [],
+           "passages": {"is_selected": [0, 1, 0],
+                        "passage_text": ["Venus is hot and cloudy.", CONTEXT,
+                                         "Jupiter is the largest planet."],
+                        "url": ["u0", "u1", "u2"]}}
+    split = Dataset.from_list([row], features=MSMARCO_FEATURES)
+    train = prompts.tokenize_qa_split(chat, split, max_length=256)
+    assert train.column_names == ["input_ids", "attention_mask", "labels"]
+    text = chat.decode(train[0]["input_ids"])
+    assert CONTEXT in text and "Venus" not in text and "Jupiter" not in text
+    assert chat.decode(labelled(chat, train[0])) == ANSWER + "<|im_end|>"
+
+
+@pytest.mark.parametrize("which", ["chat", "plain"])
+def test_truncation_cuts_the_context_and_keeps_the_answer(chat, plain, which):
+    tokenizer = chat if which == "chat" else plain
+    long_context = CONTEXT + " " + "Mars has red dust and thin air. " * 100
+    row = prompts.tokenize_qa(tokenizer, QUESTION, long_context, ANSWER, max_length=120)
+    assert len(row["input_ids"]) <= 120
+    assert tokenizer.decode(labelled(tokenizer, row)[:-1]).strip() == ANSWER
+    text = tokenizer.decode(row["input_ids"])
+    assert QUESTION in text and "Mars is the fourth planet" in text
+    with pytest.raises(ValueError, match="max_length=20 is too small"):
+        prompts.tokenize_qa(tokenizer, QUESTION, long_context, ANSWER, max_length=20)
+
+
+def test_group_texts_makes_equal_blocks(chat):
+    texts = [f"Passage number {i} talks about the planets of the solar system." for i in range(20)]
+    blocks = prompts.group_texts(chat, texts, block_size=32)
+    total = sum(len(chat(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
+    assert len(blocks) == total // 32
+    assert all(len(ids) == 32 for ids in blocks["input_ids"])
+    assert blocks["labels"] == blocks["input_ids"]
+    assert chat.eos_token_id in blocks["input_ids"][0]  # documents are separated by the end token
+    with pytest.raises(ValueError, match="less than one block"):
+        prompts.group_texts(chat, texts[:1], block_size=1024)
