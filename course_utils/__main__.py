@@ -24,7 +24,23 @@ def main(argv: list[str] | None = None) -> int:
                                 help="copy checked cells' outputs from an executed copy")
     store.add_argument("source", type=Path)
     store.add_argument("executed", type=Path)
+    standalone = commands.add_parser("standalone",
+                                     help="build notebooks that run uploaded alone (Kaggle, Colab)")
+    standalone.add_argument("--out", type=Path, default=Path("standalone"))
+    standalone.add_argument("--only", nargs="+", metavar="NN")
     args = parser.parse_args(argv)
+
+    if args.command == "standalone":
+        from course_utils.paths import project_root
+        from course_utils.standalone import build_standalone
+
+        root = project_root()
+        if root is None:
+            print("ERROR: run this from the course checkout (it builds the package's wheel)",
+                  file=sys.stderr)
+            return 2
+        build_standalone(args.out, root / "notebooks", root, args.only)
+        return 0
 
     if args.command == "strip":
         from course_utils.notebook_tools import strip_files

@@ -115,8 +115,9 @@ def qa_collator(tokenizer):
     with 0, labels with -100. Rows are never padded to max_length.
 
     It pads on the right whatever the tokenizer's padding_side (generation sets "left"), on a
-    copy of the tokenizer. To waste little padding, pass `group_by_length=True` to
-    TrainingArguments: the Trainer then batches rows of similar length together.
+    copy of the tokenizer. To waste little padding, let the Trainer batch rows of similar
+    length together: `TrainingArguments(train_sampling_strategy="group_by_length")` in
+    transformers 5.x (4.x spelled it `group_by_length=True`, which 5.x rejects).
     """
     from transformers import DataCollatorForSeq2Seq
 

