@@ -27,7 +27,8 @@ def strip_reasoning(text: str) -> str:
       missing: DeepSeek-R1's chat template puts `<think>` in the prompt, so outputs often
       hold only the closing tag.
     - A `<think>` that never closes means generation stopped mid-thought (max_new_tokens ran
-      out): there is no answer yet, so what follows it is dropped (all of it, usually "").
+      out): there is no answer yet, so everything from that tag on goes. An output that
+      starts with the tag becomes "".
     - Text without tags comes back unchanged, minus surrounding whitespace.
     """
     closing = text.rfind(THINK_CLOSE)

@@ -51,7 +51,7 @@ if importlib.util.find_spec("course_utils") is None:
         done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *arguments],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError("pip install failed:\n" + done.stdout + done.stderr)
+            raise RuntimeError("pip install failed:\\n" + done.stdout + done.stderr)
 
     print("Installing course_utils {version} and its dependencies (a few minutes, once)...")
     if importlib.util.find_spec("torch") is None:

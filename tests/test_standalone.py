@@ -33,6 +33,7 @@ def test_copy_starts_with_the_install_cell_and_keeps_the_rest(standalone_00):
     assert copy.cells.index(install[0]) == 1  # right after the title
     assert [c.source for c in copy.cells if c is not install[0]] == [c.source for c in source.cells]
     assert "import course_utils" in install[0].source
+    compile(install[0].source, "install-cell", "exec")  # valid Python
 
 
 def test_embedded_wheel_holds_the_package_and_its_data(standalone_00):
