@@ -34,7 +34,7 @@ run: setup
 test: setup
 	rm -rf $(TEST_RESULTS)
 	COURSE_PROFILE=tiny COURSE_RESULTS_DIR=$(TEST_RESULTS) $(OFFLINE) MPLBACKEND=Agg \
-		$(BIN)/python -m pytest tests notebooks --nbval-lax \
+		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --durations=20 -q
 
 lint: setup

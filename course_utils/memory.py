@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,13 +81,16 @@ class _RssSampler:
         self.interval = interval
         self.peak = _rss_bytes()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-peak-sampler", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.wait(self.interval):
             self.sample()
-            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def sample(self) -> int:
         rss = _rss_bytes()

@@ -219,6 +219,15 @@ class RagPipeline:
         return states
 
 
+def answer_closed_book(generate_fn: Generator, tokenizer, questions: Sequence[str],
+                       enable_thinking: bool | None = None) -> list[str]:
+    """Short answers of the model alone, from the question only (cleaned like RAG answers)."""
+    prompts = [closed_book_prompt(tokenizer, q, enable_thinking) for q in questions]
+    outputs = generate_fn(prompts) if prompts else []
+    return [parse_answer(raw, 0, prompt.rstrip().endswith(THINK_OPEN))["short_answer"]
+            for prompt, raw in zip(prompts, outputs, strict=True)]
+
+
 def model_generator(model, tokenizer, max_new_tokens: int, batch_size: int = 8,
                     progress: bool = False) -> Generator:
     """Greedy generation with course_utils.generation, reasoning left in (parse_answer cuts it)."""

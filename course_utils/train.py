@@ -319,3 +319,38 @@ def train(model, tokenizer, train_dataset, eval_dataset, settings: TrainSettings
     return TrainingRun(trainer=trainer, recorder=recorder, metrics=metrics,
                        resumed_from=str(checkpoint) if checkpoint else None,
                        wall_seconds=wall)
+
+
+# --- per-profile defaults of the notebooks ------------------------------------------------------
+
+def _full_qa_steps(profile, batch: int, accumulation: int, epochs: int = 1) -> int:
+    """Optimizer steps for `epochs` passes over the profile's QA training rows."""
+    return epochs * -(-profile.train_size // (batch * accumulation))
+
+
+def default_settings(notebook: str, profile) -> TrainSettings:
+    """The training settings a notebook uses in a profile ("01_first_finetune", "02", ...).
+
+    full: the original course on a GPU. tiny: sized for about two minutes per notebook on a
+    2-core CPU, with a learning rate high enough to learn the task in a handful of steps.
+    """
+    from course_utils.profiles import get_profile
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    key = (notebook[:2], profile.name)
+    if key == ("01", "full"):    # DistilGPT2, blocks of 128 tokens of passage text
+        return TrainSettings(learning_rate=5e-5, max_steps=1000, per_device_batch_size=8,
+                             gradient_accumulation_steps=1, warmup_ratio=0.05,
+                             eval_steps=100, save_steps=250, eval_batch_size=16)
+    if key == ("01", "tiny"):    # SmolLM2-135M, a few steps of passage text
+        return TrainSettings(learning_rate=1e-4, max_steps=8, per_device_batch_size=8,
+                             gradient_accumulation_steps=1, eval_steps=4)
+    if key == ("02", "full"):    # Qwen3-0.6B: batch 2 x accumulation 8, lr 2e-5, one epoch
+        return TrainSettings(learning_rate=2e-5, max_steps=_full_qa_steps(profile, 2, 8),
+                             per_device_batch_size=2, gradient_accumulation_steps=8,
+                             warmup_ratio=0.05, eval_steps=25, save_steps=25)
+    if key == ("02", "tiny"):    # SmolLM2-135M: batch 4 x accumulation 2, a few steps
+        return TrainSettings(learning_rate=2e-4, max_steps=8, per_device_batch_size=4,
+                             gradient_accumulation_steps=2, eval_steps=4)
+    raise ValueError(f"no default training settings for notebook {notebook!r} in the "
+                     f"{profile.name!r} profile; known notebooks: 01, 02")
