@@ -27,9 +27,11 @@ from course_utils.data import NO_ANSWER
 from course_utils.generation import THINK_CLOSE, THINK_OPEN, strip_reasoning
 from course_utils.retrieval import PassageStore, RetrievedPassage, Retriever
 
-# Cosine similarity of the best passage below which a question counts as off-topic. Chosen on
-# the mini MS MARCO with all-MiniLM-L6-v2 (notebook 05 plots the scores): its test questions'
-# best passages score well above it, unrelated questions well below.
+# Cosine similarity of the best passage below which a question counts as off-topic. Calibrated
+# with all-MiniLM-L6-v2 on the mini MS MARCO: about 1 % of its train and validation questions
+# score lower (their 1st percentile measured 0.352), while questions about things the corpus
+# does not cover mostly do ("airspeed velocity of an unladen swallow": 0.30). Notebook 05
+# plots both. A larger corpus covers more topics and may need a higher threshold.
 DEFAULT_THRESHOLD = 0.35
 
 RAG_INSTRUCTION = (
@@ -48,6 +50,7 @@ class RagSettings:
     threshold: float = DEFAULT_THRESHOLD    # best cosine score needed to call the model
     max_new_tokens: int = 48                # answer tokens; R1 models need room to reason
     batch_size: int = 8                     # prompts per generate call in answer_batch
+    system_prompt: bool = False             # instructions as a system message (else: user)
     enable_thinking: bool | None = None     # chat-template switch (Qwen3); None = its default
 
     def __post_init__(self):
@@ -58,6 +61,21 @@ class RagSettings:
         if self.max_new_tokens <= 0 or self.batch_size <= 0:
             raise ValueError(f"max_new_tokens and batch_size must be positive, got "
                              f"{self.max_new_tokens} and {self.batch_size}")
+
+
+def default_rag_settings(profile, **overrides) -> RagSettings:
+    """Settings measured to work for the profile's generator.
+
+    full (DeepSeek-R1-Distill-Qwen-7B): three sources and the instructions in the user
+    message, as DeepSeek advises for R1 models. tiny (SmolLM2-135M): one source (two or more
+    confuse it: token F1 fell by more than half on the mini test split) and the instructions
+    as a system message. Answer length: profile.rag_max_new_tokens.
+    """
+    tiny = profile.name == "tiny"
+    values = dict(k=1 if tiny else 3, system_prompt=tiny,
+                  max_new_tokens=profile.rag_max_new_tokens)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return RagSettings(**values)
 
 
 class RAGState(TypedDict, total=False):
@@ -71,45 +89,55 @@ class RAGState(TypedDict, total=False):
     reasoning: str              # a reasoning model's thoughts, if any
 
 
-def chat_prompt(tokenizer, user: str, enable_thinking: bool | None = None) -> str:
-    """One user message through the tokenizer's chat template, assistant turn opened.
+def chat_prompt(tokenizer, instruction: str, user: str, settings: RagSettings) -> str:
+    """Instruction and user message through the tokenizer's chat template, assistant turn open.
 
-    The instructions go in the user message: DeepSeek-R1 is trained without system prompts.
-    A tokenizer without a chat template gets "<user>\\nAnswer:".
+    The instruction is a system message if settings.system_prompt, else the start of the user
+    message (DeepSeek-R1 is meant to be used without a system prompt). A tokenizer without a
+    chat template gets plain text ending in "Answer:".
     """
     if not getattr(tokenizer, "chat_template", None):
-        return f"{user}\nAnswer:"
-    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-    return tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                         add_generation_prompt=True, **extra)
+        return f"{instruction}\n\n{user}\nAnswer:"
+    if settings.system_prompt:
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
+    else:
+        messages = [{"role": "user", "content": f"{instruction}\n\n{user}"}]
+    extra = {} if settings.enable_thinking is None else {"enable_thinking": settings.enable_thinking}
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **extra)
 
 
 def format_sources(context: Sequence[dict]) -> str:
-    """[1] first passage\\n\\n[2] second passage ..."""
+    """[1] first passage\n\n[2] second passage ..."""
     return "\n\n".join(f"[{n}] {p['text']}" for n, p in enumerate(context, start=1))
 
 
 def rag_prompt(tokenizer, question: str, context: Sequence[dict],
-               enable_thinking: bool | None = None) -> str:
-    user = f"{RAG_INSTRUCTION}\n\nSources:\n{format_sources(context)}\n\nQuestion: {question}"
-    return chat_prompt(tokenizer, user, enable_thinking)
+               settings: RagSettings = RagSettings()) -> str:
+    """Instruction, numbered sources and question, through the chat template."""
+    user = f"Sources:\n{format_sources(context)}\n\nQuestion: {question}"
+    return chat_prompt(tokenizer, RAG_INSTRUCTION, user, settings)
 
 
-def closed_book_prompt(tokenizer, question: str, enable_thinking: bool | None = None) -> str:
+def closed_book_prompt(tokenizer, question: str, settings: RagSettings = RagSettings()) -> str:
     """The same model without sources: only what it memorized in training can answer."""
-    return chat_prompt(tokenizer, f"{CLOSED_BOOK_INSTRUCTION}\n\nQuestion: {question}",
-                       enable_thinking)
+    return chat_prompt(tokenizer, CLOSED_BOOK_INSTRUCTION, f"Question: {question}", settings)
 
 
 _CITATION = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 _SOURCES_LINE = re.compile(r"\n?\s*\(?sources?\s*:.*$", re.IGNORECASE | re.DOTALL)
 
 
+_PREAMBLE = re.compile(r"^(the )?(short )?answer( to (the|this|your) question)? is\s*:?\s*",
+                       re.IGNORECASE)
+
+
 def clean_answer(text: str) -> str:
-    """The first line of an answer without reasoning, a trailing "Sources:" part or quotes."""
+    """The first line of an answer, without reasoning, a lead-in such as "The answer is:",
+    a trailing "Sources:" part or quotes. Closed-book and RAG answers are cleaned alike."""
     text = _SOURCES_LINE.sub("", strip_reasoning(text))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    answer = lines[0] if lines else ""
+    answer = _PREAMBLE.sub("", lines[0] if lines else "")
     if NO_ANSWER.lower().rstrip(".") in answer.lower():
         return NO_ANSWER
     return answer.strip().strip('"').strip()
@@ -182,14 +210,13 @@ class RagPipeline:
         return "generate" if state.get("retrieved") else "no_answer"
 
     def generate(self, state: RAGState) -> dict:
-        prompt = rag_prompt(self.tokenizer, state["query"], state["context"],
-                            self.settings.enable_thinking)
+        prompt = rag_prompt(self.tokenizer, state["query"], state["context"], self.settings)
         return self._finish(self.generate_fn([prompt])[0], state["context"], prompt)
 
     def _finish(self, raw: str, context: list[dict], prompt: str) -> dict:
         opens = prompt.rstrip().endswith(THINK_OPEN)
         parsed = parse_answer(raw, len(context), prompt_opens_thinking=opens)
-        if parsed["short_answer"] == NO_ANSWER:
+        if parsed["short_answer"] in (NO_ANSWER, ""):   # a refusal, or cut off mid-thought
             parsed["sources"] = []
         elif not parsed["sources"]:
             # the model cited nothing: show every passage it was given
@@ -208,8 +235,8 @@ class RagPipeline:
                 list(queries), self.settings.k, progress=progress), strict=True):
             states.append({"query": query, **self._retrieved(found)})
         todo = [s for s in states if self.route(s) == "generate"]
-        prompts = [rag_prompt(self.tokenizer, s["query"], s["context"],
-                              self.settings.enable_thinking) for s in todo]
+        prompts = [rag_prompt(self.tokenizer, s["query"], s["context"], self.settings)
+                   for s in todo]
         outputs = self.generate_fn(prompts) if prompts else []
         for state, prompt, raw in zip(todo, prompts, outputs, strict=True):
             state.update(self._finish(raw, state["context"], prompt))
@@ -220,9 +247,9 @@ class RagPipeline:
 
 
 def answer_closed_book(generate_fn: Generator, tokenizer, questions: Sequence[str],
-                       enable_thinking: bool | None = None) -> list[str]:
+                       settings: RagSettings = RagSettings()) -> list[str]:
     """Short answers of the model alone, from the question only (cleaned like RAG answers)."""
-    prompts = [closed_book_prompt(tokenizer, q, enable_thinking) for q in questions]
+    prompts = [closed_book_prompt(tokenizer, q, settings) for q in questions]
     outputs = generate_fn(prompts) if prompts else []
     return [parse_answer(raw, 0, prompt.rstrip().endswith(THINK_OPEN))["short_answer"]
             for prompt, raw in zip(prompts, outputs, strict=True)]
@@ -236,7 +263,7 @@ def model_generator(model, tokenizer, max_new_tokens: int, batch_size: int = 8,
     def generate(prompts: list[str]) -> list[str]:
         return generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size, progress=progress and len(prompts) > 1,
-                                desc="RAG answers", remove_reasoning=False)
+                                desc="Generating", remove_reasoning=False)
 
     return generate
 

@@ -177,6 +177,8 @@ class Retriever:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         k = min(k, len(self.store))
+        if k == 0:                                           # an empty corpus finds nothing
+            return [[] for _ in queries]
         vectors = embed_texts(self.embedding_model, queries, batch_size, progress, kind="query")
         scores, rows = self.index.search(vectors, k)         # both (n_queries, k)
         scores = np.clip(scores, -1.0, 1.0)                  # float rounding can pass 1 a hair
@@ -190,7 +192,11 @@ class Retriever:
                 "checksum": self.store.checksum(), "index_kind": index_kind(self.index)}
 
     def save(self, folder: str | Path) -> Path:
-        """Write index, passages and manifest into `folder`; readers see the old or the new."""
+        """Write index, passages and manifest into `folder`, replacing it whole.
+
+        Everything is written to a staging folder first, then swapped in by renaming, so a
+        reader finds the complete old folder, the complete new one, or (for an instant) none.
+        """
         import faiss
 
         folder = Path(folder)
@@ -204,13 +210,18 @@ class Retriever:
                     handle.write(json.dumps({"id": pid, "text": text, "url": url}) + "\n")
             # the manifest goes last: a folder without one is never loaded
             (staging / "manifest.json").write_text(json.dumps(self.manifest(), indent=2))
-            old = None
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.rename(folder, old)
-            os.rename(staging, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            for attempt in range(3):  # another process may swap the same folder meanwhile
+                old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{attempt}")
+                try:
+                    if folder.exists():
+                        os.rename(folder, old)
+                    os.rename(staging, folder)
+                    break
+                except OSError:
+                    if attempt == 2:
+                        raise
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder

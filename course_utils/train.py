@@ -53,7 +53,7 @@ class TrainSettings:
     eval_batch_size: int = 8                # rows per evaluation forward pass
     save_steps: int = 0                     # checkpoint every this many steps (0 = no checkpoints)
     save_total_limit: int = 2               # newest checkpoints kept on disk
-    seed: int = 42                          # seeds weights init, data order and dropout
+    seed: int = 42                          # seeds the data order, dropout and sampling
     deterministic: bool = False             # torch deterministic algorithms (slower on GPU)
     gradient_checkpointing: bool = False    # recompute activations in backward to save memory
     group_by_length: bool = False           # batch rows of similar length to waste less padding
@@ -129,18 +129,6 @@ class TrainSettings:
         return TrainingArguments(**kwargs)
 
 
-def training_dtype(hardware: Hardware) -> torch.dtype:
-    """The dtype to load weights in for full fine-tuning on this hardware.
-
-    bf16 GPUs train in pure bf16 (weights, gradients and AdamW states all bf16, as the original
-    course). fp16 mixed precision needs fp32 master weights (the gradient scaler refuses fp16
-    weights), so a T4 loads fp32 and computes in fp16. CPUs train in fp32.
-    """
-    if hardware.device == "cuda" and hardware.dtype == torch.bfloat16:
-        return torch.bfloat16
-    return torch.float32
-
-
 class TrainingRecorder(TrainerCallback, ExportableState):
     """Records one dict per optimizer step into `history`.
 
@@ -154,6 +142,7 @@ class TrainingRecorder(TrainerCallback, ExportableState):
     def __init__(self, device: str = "cpu", history: list | None = None):
         self.device = device
         self.history: list[dict] = list(history or [])
+        self.start_mib = 0.0     # memory in use when training began (this session)
         self._step_start = 0.0
         self._tokens_start = 0
 
@@ -176,6 +165,7 @@ class TrainingRecorder(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         memory.reset_peak_memory(self.device)
+        self.start_mib = memory.current_memory_mib(self.device)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._sync()
@@ -216,6 +206,7 @@ class TrainingRecorder(TrainerCallback, ExportableState):
             "tokens_seen": tokens,                          # non-padding input tokens
             "tokens_per_second": tokens / seconds if seconds else None,
             "peak_mib": max((r["peak_mib"] for r in timed), default=None),
+            "start_mib": self.start_mib,                    # in use when this session began
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
             "first_eval_loss": evals[0] if evals else None,
@@ -303,6 +294,10 @@ def train(model, tokenizer, train_dataset, eval_dataset, settings: TrainSettings
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = find_resumable_checkpoint(output_dir) if resume else None
     args = settings.to_training_arguments(output_dir, hardware)
+    if args.n_gpu > 1:
+        # one GPU, as everywhere in the course (hardware.single_device_map): on a 2-GPU Kaggle
+        # machine Trainer would wrap the model in DataParallel and double the batch size
+        args._n_gpu = 1
     history = _recorded_history(checkpoint) if checkpoint else []
     if checkpoint:
         args.eval_on_start = False  # that evaluation is already in the history
@@ -348,7 +343,8 @@ def default_settings(notebook: str, profile) -> TrainSettings:
     if key == ("02", "full"):    # Qwen3-0.6B: batch 2 x accumulation 8, lr 2e-5, one epoch
         return TrainSettings(learning_rate=2e-5, max_steps=_full_qa_steps(profile, 2, 8),
                              per_device_batch_size=2, gradient_accumulation_steps=8,
-                             warmup_ratio=0.05, eval_steps=25, save_steps=25)
+                             warmup_ratio=0.05, eval_steps=25,
+                             save_steps=50, save_total_limit=1)  # a checkpoint is ~7 GB
     if key == ("02", "tiny"):    # SmolLM2-135M: batch 4 x accumulation 2, a few steps
         return TrainSettings(learning_rate=2e-4, max_steps=8, per_device_batch_size=4,
                              gradient_accumulation_steps=2, eval_steps=4)

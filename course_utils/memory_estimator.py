@@ -1,0 +1,358 @@
+"""Predicting the peak memory of a training run before starting it.
+
+Training memory has five parts, each computed from the model config:
+
+- weights: every parameter, in the load dtype (QLoRA: 4-bit NF4 linear layers, the rest fp32);
+  LoRA adapters are kept in fp32 by PEFT whatever the base dtype;
+- gradients: one per TRAINABLE parameter (all of them in full fine-tuning, the adapters only
+  in LoRA/QLoRA);
+- optimizer states: AdamW keeps two per trainable parameter (8-bit AdamW: one byte each);
+- activations: the tensors autograd saves in the forward pass for the backward pass;
+- logits: the (batch, seq, vocab) scores and their log-softmax, in fp32 for the loss. With a
+  49k or 152k vocabulary they rival all other activations together.
+
+Activations are counted from first principles: for each operation of a Llama/Qwen decoder layer,
+which tensors autograd keeps (tests/test_memory_estimator.py checks the count against the
+bytes autograd actually saves). Activations and gradients never peak together: gradients
+fill up while the backward pass frees activations, and peak in the optimizer step, which
+also makes scratch copies ("step scratch"). So
+
+    peak = weights + optimizer states + overhead
+           + max(activations + logits, gradients + step scratch)
+
+What is approximate, and why:
+- overhead: temporaries (matmul workspaces, attention buffers) and allocator slack, a share of
+  the rest fitted to measured CPU runs of SmolLM2 (about 5 %), not derived;
+- step scratch: PyTorch's AdamW on a CPU updates one tensor at a time and makes two temporary
+  copies of it (square root of the second moment, then its division); on CUDA it updates all
+  tensors at once (`foreach`) with one temporary copy of every state;
+- mixed precision: tensors that are fp32 inside a bf16 run (norms upcast by
+  `prepare_model_for_kbit_training`, autocast copies) are counted in the compute dtype;
+- only Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, SmolLM2) are modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from course_utils.quantization import nf4_bits_per_parameter
+
+MIB = 2**20
+METHODS = ("full", "lora", "qlora")
+OPTIMIZERS = ("adamw", "adamw_8bit", "sgd")
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# bytes of one optimizer state value per trainable parameter (two states for AdamW)
+_STATE_BYTES = {"adamw": None, "adamw_8bit": 1.0, "sgd": 0.0}   # None: the parameter's dtype
+# overhead as a share of everything else; fitted to CPU runs of SmolLM2 (see module docstring)
+OVERHEAD_FRACTION = {"cpu": 0.05, "cuda": 0.05}
+DEVICES = tuple(OVERHEAD_FRACTION)
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def dtype_bytes(dtype) -> int:
+    """2 for bf16/fp16, 4 for fp32; accepts a torch.dtype or a name like "bf16"."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"training dtype must be float32, bfloat16 or float16, got {dtype}")
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-family decoder that memory depends on."""
+
+    hidden_size: int                 # h: width of the residual stream
+    num_layers: int                  # L: decoder layers
+    intermediate_size: int           # i: width of the MLP
+    vocab_size: int                  # V: rows of the embedding and of the output layer
+    num_heads: int                   # query heads
+    num_kv_heads: int                # key/value heads (fewer than num_heads with GQA)
+    head_dim: int                    # width of one head
+    tie_word_embeddings: bool        # output layer shares the embedding matrix
+    attention_bias: bool = False     # q/k/v projections have biases (Qwen2)
+    qk_norm: bool = False            # RMSNorm on each query and key head (Qwen3)
+
+    @classmethod
+    def from_config(cls, config) -> ModelShape:
+        model_type = getattr(config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"the estimator models Llama-family decoders "
+                             f"{SUPPORTED_MODEL_TYPES}, got model_type={model_type!r}")
+        heads = config.num_attention_heads
+        return cls(
+            hidden_size=config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            intermediate_size=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            attention_bias=bool(getattr(config, "attention_bias", model_type == "qwen2")),
+            qk_norm=model_type == "qwen3",
+        )
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each linear layer in one decoder layer."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim),
+                "v_proj": (h, self.kv_dim), "o_proj": (self.q_dim, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def linear_parameters(self) -> int:
+        """Weights of all decoder linear layers: the part QLoRA stores in 4 bits."""
+        return self.num_layers * sum(d_in * d_out for d_in, d_out in self.linear_shapes().values())
+
+    def parameter_count(self) -> int:
+        """All parameters: embeddings, decoder layers, norms, output layer."""
+        h, L = self.hidden_size, self.num_layers
+        per_layer_other = 2 * h                                   # two RMSNorm weights
+        if self.attention_bias:
+            per_layer_other += self.q_dim + 2 * self.kv_dim
+        if self.qk_norm:
+            per_layer_other += 2 * self.head_dim
+        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return embeddings + self.linear_parameters() + L * per_layer_other + h  # + final norm
+
+
+def resolve_lora_targets(targets) -> tuple[str, ...]:
+    """Module names LoRA adapts: a list of names, or "all-linear" for all seven."""
+    if targets is None or targets == "all-linear":
+        return LINEAR_MODULES
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    unknown = [t for t in targets if t not in LINEAR_MODULES]
+    if unknown:
+        raise ValueError(f"unknown LoRA target modules {unknown}; "
+                         f"use names from {LINEAR_MODULES} or 'all-linear'")
+    return targets
+
+
+def lora_parameter_count(shape: ModelShape, rank: int, targets) -> int:
+    """Trainable LoRA parameters: per adapted layer r * (d_in + d_out), over all layers."""
+    shapes = shape.linear_shapes()
+    return shape.num_layers * sum(rank * sum(shapes[t]) for t in resolve_lora_targets(targets))
+
+
+def activation_elements_per_token(shape: ModelShape, method: str, lora_rank: int = 0,
+                                  lora_targets=None, lora_dropout: float = 0.0,
+                                  padded_len: int = 0) -> float:
+    """Values autograd saves per token in ONE decoder layer during the forward pass.
+
+    Full fine-tuning (every weight needs a gradient, so every linear layer keeps its input):
+      2 RMSNorms x (input, normalized) = 4h; q/k/v input h; attention keeps q, k, v and its
+      output (k and v repeated to all heads when a padding mask forces `repeat_kv`);
+      MLP input h, gate output, SiLU output, up output and their product = 4i.
+    LoRA/QLoRA (frozen base): frozen linear layers keep nothing and a norm with a frozen
+      weight keeps only its input (2h); the MLP keeps 3i (4i when down_proj is adapted, which
+      needs its input). Each adapter keeps the input of A (with dropout a fresh copy plus the
+      dropout mask: 2 d_in; without dropout the shared input, counted once) and the r-wide
+      output of A.
+    Padding (padded_len > 0, the padded sequence length): each layer keeps its own float copy
+      of the (seq x seq) attention mask, padded_len values per token, and grouped-query
+      attention repeats k and v to all heads.
+    """
+    h, i = shape.hidden_size, shape.intermediate_size
+    kv = shape.q_dim if (padded_len and shape.num_kv_heads < shape.num_heads) else shape.kv_dim
+    attention = 2 * shape.q_dim + 2 * kv + shape.num_heads     # q, out, k, v, log-sum-exp
+    attention += padded_len                                    # this layer's mask row
+    if shape.qk_norm:
+        attention += shape.q_dim + shape.kv_dim                # inputs of the head norms
+    if method == "full":
+        if shape.qk_norm:
+            attention += shape.q_dim + shape.kv_dim            # normalized heads
+        return 4 * h + h + attention + h + 4 * i
+    targets = resolve_lora_targets(lora_targets)
+    shapes = shape.linear_shapes()
+    mlp = 3 * i
+    if lora_dropout > 0:
+        adapters = sum(2 * shapes[t][0] for t in targets)
+    else:
+        inputs = {"attn_in": h if {"q_proj", "k_proj", "v_proj"} & set(targets) else 0,
+                  "mlp_in": h if {"gate_proj", "up_proj"} & set(targets) else 0,
+                  "down_in": i if "down_proj" in targets else 0}  # o_proj input = attn output
+        adapters = sum(inputs.values())
+    adapters += lora_rank * len(targets)
+    return 2 * h + attention + mlp + adapters
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak training memory, in MiB, split by what holds it."""
+
+    method: str                   # "full", "lora" or "qlora"
+    weights_mib: float            # all parameters (quantized ones at 4.127 bits for QLoRA)
+    gradients_mib: float          # one gradient per trainable parameter
+    optimizer_mib: float          # optimizer states
+    activations_mib: float        # tensors saved for the backward pass, all layers
+    logits_mib: float             # logits, log-softmax and their gradients for the loss
+    step_scratch_mib: float       # temporaries of the optimizer step
+    overhead_mib: float           # other temporaries and allocator slack (fitted share)
+    trainable_parameters: int     # parameters the optimizer updates
+    total_parameters: int         # parameters of the base model (adapters not included)
+
+    @property
+    def phase_mib(self) -> float:
+        """The larger of the two phases: end of forward (activations + logits) or optimizer
+        step (gradients + scratch)."""
+        return max(self.activations_mib + self.logits_mib,
+                   self.gradients_mib + self.step_scratch_mib)
+
+    @property
+    def total_mib(self) -> float:
+        """The predicted peak."""
+        return self.weights_mib + self.optimizer_mib + self.phase_mib + self.overhead_mib
+
+    def components(self) -> dict[str, float]:
+        return {"weights": self.weights_mib, "gradients": self.gradients_mib,
+                "optimizer states": self.optimizer_mib, "activations": self.activations_mib,
+                "logits (loss)": self.logits_mib, "step scratch": self.step_scratch_mib,
+                "overhead": self.overhead_mib}
+
+    def as_table(self, measured_mib: float | None = None) -> str:
+        """A plain-text table of the parts, the predicted peak and, if given, the measured one."""
+        lines = [f"{'component':<18}{'MiB':>10}", "-" * 28]
+        lines += [f"{name:<18}{value:>10,.0f}" for name, value in self.components().items()]
+        lines += ["-" * 28, f"{'predicted peak':<18}{self.total_mib:>10,.0f}"]
+        if measured_mib is not None:
+            error = (self.total_mib - measured_mib) / measured_mib
+            lines.append(f"{'measured peak':<18}{measured_mib:>10,.0f}   (prediction {error:+.0%})")
+        lines += ["peak = weights + optimizer states + overhead",
+                  "       + max(activations + logits, gradients + step scratch)"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_mib": self.total_mib}
+
+
+def _check_arguments(method, optimizer, batch_size, seq_len, lora_rank, lora_dropout, device):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if batch_size <= 0 or seq_len <= 0:
+        raise ValueError(f"batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if method == "full" and lora_rank is not None:
+        raise ValueError("lora_rank is for method='lora' or 'qlora', not full fine-tuning")
+    if method != "full" and (lora_rank is None or lora_rank <= 0):
+        raise ValueError(f"method={method!r} needs a positive lora_rank, got {lora_rank}")
+    if not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
+
+
+def _activation_values(shape: ModelShape, method, seq_len, lora_rank, lora_targets,
+                       lora_dropout, device, padded, gradient_checkpointing, width) -> float:
+    """Values saved for backward per token, all layers (dropout masks in value units)."""
+    per_layer = activation_elements_per_token(shape, method, lora_rank or 0, lora_targets,
+                                              lora_dropout, seq_len if padded else 0)
+    first_layer_saving = 0.0
+    if method != "full":
+        targets = set(resolve_lora_targets(lora_targets))
+        # the frozen embedding output needs no gradient: the first layer's input norm and
+        # the dropout masks on its q/k/v inputs are not kept
+        first_layer_saving = shape.hidden_size * (
+            1 + (len(targets & {"q_proj", "k_proj", "v_proj"}) if lora_dropout > 0 else 0))
+        if lora_dropout > 0 and device == "cuda":
+            # a dropout mask is a float tensor on CPU but 1-byte booleans on CUDA
+            masks = sum(shape.linear_shapes()[t][0] for t in targets)
+            per_layer -= masks * (1 - 1 / width)
+    if gradient_checkpointing:
+        # each layer keeps only its input; one layer at a time is recomputed in full
+        return shape.num_layers * shape.hidden_size + per_layer + 2 * shape.hidden_size
+    return shape.num_layers * per_layer - first_layer_saving + 2 * shape.hidden_size  # + final norm
+
+
+def estimate_training_memory(config, method: str, batch_size: int, seq_len: int,
+                             dtype=torch.float32, optimizer: str = "adamw",
+                             lora_rank: int | None = None, lora_targets=None,
+                             gradient_checkpointing: bool = False, lora_dropout: float = 0.0,
+                             device: str = "cuda", padded: bool = True,
+                             param_dtype=None) -> MemoryEstimate:
+    """Predict the peak memory of training a Llama-family model, in MiB.
+
+    config: a transformers PretrainedConfig (or a ModelShape).
+    method: "full", "lora" or "qlora" (4-bit NF4 base with double quantization).
+    batch_size, seq_len: rows per forward pass and their padded length (use the longest row).
+    dtype: compute dtype of activations ("fp32", "bf16", "fp16" or a torch.dtype), and of the
+        weights unless param_dtype says otherwise.
+    optimizer: "adamw", "adamw_8bit" (also the paged variant, whose states CUDA can page out
+        to CPU memory) or "sgd" (plain SGD: no state).
+    lora_rank, lora_targets: adapter rank and module names (or "all-linear") for LoRA/QLoRA.
+    gradient_checkpointing: keep only each layer's input and recompute the rest in backward.
+    lora_dropout: >0 makes every adapter keep a dropped-out copy of its input and the mask.
+    device: "cuda" or "cpu" (dropout masks, optimizer scratch and overhead differ).
+    padded: batches carry a padding mask (dynamic padding does), so every layer keeps a mask
+        and grouped-query attention repeats k and v to all heads.
+    param_dtype: weight dtype when it differs from dtype (fp16 mixed precision keeps fp32
+        weights, gradients and optimizer states); None = dtype.
+    """
+    _check_arguments(method, optimizer, batch_size, seq_len, lora_rank, lora_dropout, device)
+    shape = config if isinstance(config, ModelShape) else ModelShape.from_config(config)
+    width = dtype_bytes(dtype)
+    param_width = dtype_bytes(param_dtype) if param_dtype is not None else width
+    total = shape.parameter_count()
+    tokens = batch_size * seq_len
+
+    # weights, and the parameters the optimizer updates
+    if method == "full":
+        weight_bytes = total * param_width
+        trainable, train_width = total, param_width
+        largest = shape.vocab_size * shape.hidden_size        # the embedding matrix
+    else:
+        trainable, train_width = lora_parameter_count(shape, lora_rank, lora_targets), 4
+        largest = lora_rank * max(max(s) for s in shape.linear_shapes().values())
+        if method == "lora":
+            weight_bytes = total * param_width
+        else:  # 4-bit linear layers; embeddings and norms upcast to fp32 for k-bit training
+            quantized = shape.linear_parameters()
+            weight_bytes = quantized * nf4_bits_per_parameter() / 8 + (total - quantized) * 4
+        weight_bytes += trainable * 4                         # adapters stay fp32
+    state_width = _STATE_BYTES[optimizer]
+    state_width = train_width if state_width is None else state_width
+    optimizer_bytes = 2 * trainable * state_width
+    if optimizer != "adamw":
+        scratch_bytes = 0.0        # SGD updates in place; 8-bit AdamW works block by block
+    elif device == "cpu":
+        scratch_bytes = 2 * largest * state_width
+    else:
+        scratch_bytes = trainable * state_width
+
+    activation_bytes = tokens * width * _activation_values(
+        shape, method, seq_len, lora_rank, lora_targets, lora_dropout, device, padded,
+        gradient_checkpointing, width)
+    # the loss works in fp32: log-softmax output, its gradient and the logits' gradient,
+    # plus the low-precision logits themselves when the model computes in 16 bits
+    logit_bytes = tokens * shape.vocab_size * (3 * 4 + (width if width != 4 else 0))
+
+    parts = dict(weights_mib=weight_bytes / MIB, gradients_mib=trainable * train_width / MIB,
+                 optimizer_mib=optimizer_bytes / MIB, activations_mib=activation_bytes / MIB,
+                 logits_mib=logit_bytes / MIB, step_scratch_mib=scratch_bytes / MIB)
+    estimate = MemoryEstimate(method=method, overhead_mib=0.0, trainable_parameters=trainable,
+                              total_parameters=total, **parts)
+    overhead = OVERHEAD_FRACTION[device] * estimate.total_mib
+    return MemoryEstimate(method=method, overhead_mib=overhead, trainable_parameters=trainable,
+                          total_parameters=total, **parts)
+
+
+def measured_training_mib(peak_mib: float, start_mib: float, model_mib: float) -> float:
+    """The measured counterpart of an estimate: the training peak minus what the process held
+    besides the model when training began (libraries, data, other models), i.e.
+    peak - (start - model). On a GPU with nothing else allocated it is simply the peak."""
+    return peak_mib - (start_mib - model_mib)
