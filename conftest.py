@@ -13,3 +13,19 @@ def _stage(item) -> int:
 
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=_stage)  # stable: keeps file order inside each stage
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Each notebook's runtime under nbval (the sum of its cells), printed at the end."""
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            location = getattr(report, "nodeid", "")
+            if getattr(report, "when", None) != "call" or ".ipynb" not in location:
+                continue
+            notebook = location.split("::")[0].rsplit("/", 1)[-1]
+            seconds[notebook] = seconds.get(notebook, 0.0) + report.duration
+    if seconds:
+        terminalreporter.write_sep("=", "notebook runtimes (nbval, tiny profile)")
+        for notebook, total in sorted(seconds.items()):
+            terminalreporter.write_line(f"{notebook:<32} {total:7.1f} s")
