@@ -151,7 +151,7 @@ def test_activation_count_matches_autograd(model_type, method, dropout, targets,
     (dict(method="full", device="tpu"), "device must be one of"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
-    arguments = dict(config=small_config(), batch_size=2, seq_len=16, **kwargs)
+    arguments = {"config": small_config(), "batch_size": 2, "seq_len": 16} | kwargs
     with pytest.raises(ValueError, match=message):
         estimate_training_memory(**arguments)
 
