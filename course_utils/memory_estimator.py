@@ -46,7 +46,8 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # bytes of one optimizer state value per trainable parameter (two states for AdamW)
 _STATE_BYTES = {"adamw": None, "adamw_8bit": 1.0, "sgd": 0.0}   # None: the parameter's dtype
-# overhead as a share of everything else; fitted to CPU runs of SmolLM2 (see module docstring)
+# overhead as a share of everything else: fitted to CPU runs of SmolLM2 (see module docstring);
+# CUDA takes the same share, not verified on a GPU
 OVERHEAD_FRACTION = {"cpu": 0.05, "cuda": 0.05}
 DEVICES = tuple(OVERHEAD_FRACTION)
 
@@ -159,10 +160,9 @@ def activation_elements_per_token(shape: ModelShape, method: str, lora_rank: int
       output (k and v repeated to all heads when a padding mask forces `repeat_kv`);
       MLP input h, gate output, SiLU output, up output and their product = 4i.
     LoRA/QLoRA (frozen base): frozen linear layers keep nothing and a norm with a frozen
-      weight keeps only its input (2h); the MLP keeps 3i (4i when down_proj is adapted, which
-      needs its input). Each adapter keeps the input of A (with dropout a fresh copy plus the
-      dropout mask: 2 d_in; without dropout the shared input, counted once) and the r-wide
-      output of A.
+      weight keeps only its input (2h); the MLP keeps 3i. Each adapter keeps the input of A
+      (with dropout a fresh copy plus the dropout mask: 2 d_in; without dropout the shared
+      input, counted once) and the r-wide output of A.
     Padding (padded_len > 0, the padded sequence length): each layer keeps its own float copy
       of the (seq x seq) attention mask, padded_len values per token, and grouped-query
       attention repeats k and v to all heads.
