@@ -49,6 +49,19 @@ def test_parameters_cell_holds_only_annotated_literals(notebook):
     assert statements[0].target.id == "PROFILE"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_sees_every_parameter_with_its_help(path):
+    """`papermill --help-notebook` lists each parameter (a second `=` in a comment hides it)."""
+    import papermill
+
+    notebook = nbformat.read(path, as_version=4)
+    tagged = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    names = [s.target.id for s in ast.parse(tagged.source).body]
+    inferred = papermill.inspect_notebook(str(path))
+    assert list(inferred) == names
+    assert all(p["help"] for p in inferred.values()), "every parameter has a comment saying what it is"
+
+
 def test_skeleton(notebook):
     markdown = [c.source for c in notebook.cells if c.cell_type == "markdown"]
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
