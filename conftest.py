@@ -21,9 +21,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for reports in terminalreporter.stats.values():
         for report in reports:
             location = getattr(report, "nodeid", "")
-            if getattr(report, "when", None) != "call" or ".ipynb" not in location:
+            path = location.split("::")[0]
+            if getattr(report, "when", None) != "call" or not path.endswith(".ipynb"):
                 continue
-            notebook = location.split("::")[0].rsplit("/", 1)[-1]
+            notebook = path.rsplit("/", 1)[-1]
             seconds[notebook] = seconds.get(notebook, 0.0) + report.duration
     if seconds:
         terminalreporter.write_sep("=", "notebook runtimes (nbval, tiny profile)")

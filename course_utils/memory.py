@@ -122,14 +122,39 @@ def cpu_peak_method(force_sampling: bool = False) -> str:
 # --- the public API ---------------------------------------------------------------------------
 
 
+def release_free_heap() -> bool:
+    """Give memory the process freed back to the operating system (glibc's `malloc_trim`).
+
+    glibc keeps freed blocks (from generation, or from a model loaded and deleted earlier) in
+    the process, so they still count in the RSS. A later phase reuses them without raising the
+    RSS, and would look smaller than it is. Returns False where glibc is not available.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc and libc.malloc_trim(0) is not None)
+    except (OSError, AttributeError):
+        return False
+
+
 def reset_peak_memory(device="cpu") -> None:
-    """Start a new measuring phase: from now on the peak is at most the current use."""
+    """Start a new measuring phase: from now on the peak is at most the current use.
+
+    On a CPU the freed heap is first given back (`release_free_heap`), so that the current
+    use, the phase's starting point, counts live memory only."""
     if _device_type(device) == "cuda":
         torch.cuda.synchronize(_cuda_index(device))
         torch.cuda.reset_peak_memory_stats(_cuda_index(device))
     elif cpu_peak_method() == "vmhwm":
+        release_free_heap()
         _CLEAR_REFS.write_text("5")  # the kernel sets VmHWM back to the current RSS
     else:
+        release_free_heap()
         _sampler.reset()
 
 

@@ -356,3 +356,29 @@ def measured_training_mib(peak_mib: float, start_mib: float, model_mib: float) -
     besides the model when training began (libraries, data, other models), i.e.
     peak - (start - model). On a GPU with nothing else allocated it is simply the peak."""
     return peak_mib - (start_mib - model_mib)
+
+
+def shipped_config(model_id: str):
+    """The config of a large model whose size fields ship with the course, for estimates
+    without a download (notebook 04 sizes the 7B generator of notebook 05 this way).
+
+    Returns a transformers config built from course_utils/resources/model_shapes/<name>.json;
+    only the fields that memory depends on are set.
+    """
+    import json
+    from importlib.resources import files
+
+    from transformers import AutoConfig
+
+    folder = files("course_utils") / "resources" / "model_shapes"
+    name = model_id.rsplit("/", 1)[-1]
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.name.removesuffix(".json") for p in folder.iterdir()
+                       if p.name.endswith(".json"))
+        raise ValueError(f"no shipped config for {model_id!r}; shipped: {known}. For another "
+                         f"model use transformers.AutoConfig.from_pretrained({model_id!r}) "
+                         "(downloads its config.json)")
+    fields = {k: v for k, v in json.loads(path.read_text()).items()
+              if not k.startswith("_") and k != "model_id"}
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)

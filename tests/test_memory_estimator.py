@@ -250,3 +250,22 @@ def test_estimate_within_20_percent_of_measured_cpu_peak(method, targets):
         lora_dropout=0.0 if method == "full" else 0.1, device="cpu")
     print(f"\n{method}:\n{estimate.as_table(measured_mib=measured)}")
     assert estimate.total_mib == pytest.approx(measured, rel=0.20)
+
+
+def test_shipped_7b_config_sizes_the_rag_generator():
+    from course_utils.memory_estimator import ModelShape, shipped_config
+    from course_utils.profiles import FULL
+
+    config = shipped_config(FULL.rag_model)
+    parameters = ModelShape.from_config(config).parameter_count()
+    assert 7.5e9 < parameters < 7.7e9  # "7B": 7.6 billion parameters with untied embeddings
+    qlora = estimate_training_memory(config, "qlora", batch_size=1, seq_len=512,
+                                     dtype=torch.float16, device="cuda", lora_rank=16,
+                                     lora_targets="all-linear", optimizer="adamw_8bit",
+                                     gradient_checkpointing=True)
+    full = estimate_training_memory(config, "full", batch_size=1, seq_len=512,
+                                    dtype=torch.float16, device="cuda",
+                                    param_dtype=torch.float32, gradient_checkpointing=True)
+    assert qlora.total_mib < 15 * 1024 < full.total_mib  # QLoRA fits a T4, full FT does not
+    with pytest.raises(ValueError, match="no shipped config"):
+        shipped_config("someone/unknown-model")
