@@ -41,8 +41,9 @@ lint: setup
 	$(BIN)/ruff check course_utils tests notebooks
 
 # Standalone copies of every notebook for Kaggle and Colab, in standalone/
+# (REPO=owner/name also writes standalone/README.md with Colab and Kaggle badges)
 standalone: setup
-	$(BIN)/python -m course_utils standalone --out standalone
+	$(BIN)/python -m course_utils standalone --out standalone $(if $(REPO),--repo $(REPO),)
 
 # Rewrite the lock from the current environment (after a deliberate upgrade).
 lock: setup

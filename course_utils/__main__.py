@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                                      help="build notebooks that run uploaded alone (Kaggle, Colab)")
     standalone.add_argument("--out", type=Path, default=Path("standalone"))
     standalone.add_argument("--only", nargs="+", metavar="NN")
+    standalone.add_argument("--repo", metavar="OWNER/NAME",
+                            help="public GitHub repository: also write Colab/Kaggle badges")
+    standalone.add_argument("--branch", default="main", help="branch the badges open")
     args = parser.parse_args(argv)
 
     if args.command == "standalone":
@@ -39,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             print("ERROR: run this from the course checkout (it builds the package's wheel)",
                   file=sys.stderr)
             return 2
-        build_standalone(args.out, root / "notebooks", root, args.only)
+        try:
+            build_standalone(args.out, root / "notebooks", root, args.only, args.repo, args.branch)
+        except ValueError as error:
+            print(f"ERROR: {error}", file=sys.stderr)
+            return 2
         return 0
 
     if args.command == "strip":

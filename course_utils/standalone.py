@@ -12,6 +12,7 @@ The same cell keeps Kaggle's second T4 out of the way: a small model placed with
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import sys
 import tempfile
@@ -102,8 +103,35 @@ def make_standalone(notebook_path: Path, wheel: Path):
     return nb
 
 
+COLAB_BADGE = ("[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+               "(https://colab.research.google.com/github/{repo}/blob/{branch}/{path})")
+KAGGLE_BADGE = ("[![Open in Kaggle](https://kaggle.com/static/images/open-in-kaggle.svg)]"
+                "(https://kaggle.com/kernels/welcome?src=https://github.com/{repo}/blob/{branch}/{path})")
+
+
+def badge_table(names: list[str], repo: str, branch: str = "main",
+                folder: str = "standalone") -> str:
+    """A Markdown table of "Open in Colab" and "Open in Kaggle" badges, one row per notebook.
+
+    repo: the public GitHub repository as "owner/name"; the copies must be committed under
+    `folder` on `branch` for the links to open them.
+    """
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise ValueError(f"repo must be the GitHub repository as owner/name, got {repo!r}")
+    rows = ["| notebook | Colab | Kaggle |", "|---|---|---|"]
+    for name in names:
+        link = dict(repo=repo, branch=branch, path=f"{folder}/{name}")
+        rows.append(f"| `{name}` | {COLAB_BADGE.format(**link)} | {KAGGLE_BADGE.format(**link)} |")
+    return "\n".join(rows) + "\n"
+
+
 def build_standalone(out_dir: Path, notebooks_dir: Path, project_dir: Path,
-                     only: list[str] | None = None) -> list[Path]:
+                     only: list[str] | None = None, repo: str | None = None,
+                     branch: str = "main") -> list[Path]:
+    """Write a standalone copy of each notebook into out_dir; with `repo` ("owner/name"),
+    also out_dir/README.md with Colab and Kaggle badges that open the copies."""
+    if repo is not None:
+        badge_table([], repo)  # check the name before building anything
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = build_wheel(project_dir, Path(tmp))
@@ -113,4 +141,10 @@ def build_standalone(out_dir: Path, notebooks_dir: Path, project_dir: Path,
             nbformat.write(make_standalone(notebook, wheel), target)
             written.append(target)
             print(f"wrote {target}")
+    if repo is not None:
+        badges = out_dir / "README.md"
+        badges.write_text("# Standalone notebooks\n\nEach opens alone on Colab or Kaggle and installs "
+                          f"course_utils {__version__} from the wheel it carries.\n\n"
+                          + badge_table([p.name for p in written], repo, branch, out_dir.name))
+        print(f"wrote {badges}")
     return written

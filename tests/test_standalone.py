@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from course_utils import __version__
-from course_utils.standalone import INSTALL_TAG, build_standalone
+from course_utils.standalone import INSTALL_TAG, badge_table, build_standalone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,32 +48,71 @@ def test_embedded_wheel_holds_the_package_and_its_data(standalone_00):
     assert f"Version: {__version__}" in metadata
 
 
+def test_badges_open_the_committed_copies():
+    table = badge_table(["03_lora.ipynb"], "someone/llm-course", branch="v1")
+    assert ("https://colab.research.google.com/github/someone/llm-course/blob/v1/"
+            "standalone/03_lora.ipynb") in table
+    assert ("https://kaggle.com/kernels/welcome?src=https://github.com/someone/llm-course/blob/v1/"
+            "standalone/03_lora.ipynb") in table
+    with pytest.raises(ValueError, match="owner/name"):
+        badge_table(["03_lora.ipynb"], "https://github.com/someone/llm-course")
+
+
 def _base_python() -> str:
     """The interpreter the project's venv was made from: it has none of the course packages."""
     candidate = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     return str(candidate if candidate.exists() else Path(sys.base_prefix) / "bin" / "python3")
 
 
-@pytest.mark.slow
-def test_copy_runs_alone_in_a_fresh_environment(standalone_00, tmp_path):
-    """Like an upload to Kaggle or Colab: a fresh venv that has torch and Jupyter (as those
-    platforms do) and never saw the repository; an empty folder holding only the notebook."""
-    venv = tmp_path / "venv"
+# Short settings for the fresh-environment runs: they prove that each copy runs alone, not
+# that it learns (the nbval run of the notebooks and the learning checks do that).
+SMOKE_PARAMETERS = {"MAX_STEPS": 2, "N_TEST": 4, "SWEEP": False, "EVAL_BLOCKS": 8, "N_EXAMPLES": 2}
+NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def standalone_copies(tmp_path_factory):
+    out = tmp_path_factory.mktemp("standalone-all")
+    return {path.name: path for path in build_standalone(out, ROOT / "notebooks", ROOT)}
+
+
+@pytest.fixture(scope="module")
+def fresh_environment(tmp_path_factory):
+    """Like Kaggle or Colab: a fresh venv that has torch and Jupyter (as those platforms do)
+    and never saw the repository. The first copy that runs installs course_utils into it."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
     subprocess.run([_base_python(), "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     subprocess.run(pip + ["torch==2.13.0", "papermill", "ipykernel"], check=True)
-    work = tmp_path / "upload"
-    work.mkdir()
-    (work / standalone_00.name).write_bytes(standalone_00.read_bytes())
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VIRTUAL_ENV", "PYTHON", "COURSE_RESULTS"))}
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
     env["COURSE_PROFILE"] = "tiny"
-    done = subprocess.run([str(venv / "bin" / "papermill"), standalone_00.name, "out.ipynb",
-                           "-k", "python3", "--no-progress-bar"],
+    return venv, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_copy_runs_alone_in_a_fresh_environment(name, standalone_copies, fresh_environment,
+                                                tmp_path):
+    """Each copy, uploaded alone: an empty folder holding only the notebook, run with papermill
+    in the fresh environment, with short settings."""
+    import papermill
+
+    venv, env = fresh_environment
+    copy = standalone_copies[name]
+    work = tmp_path / "upload"
+    work.mkdir()
+    (work / name).write_bytes(copy.read_bytes())
+    declared = papermill.inspect_notebook(str(copy))
+    arguments = [f"-p {key} {value}" for key, value in SMOKE_PARAMETERS.items() if key in declared]
+    done = subprocess.run([str(venv / "bin" / "papermill"), name, "out.ipynb", "-k", "python3",
+                           "--no-progress-bar", *" ".join(arguments).split()],
                           cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (work / "results" / "tiny" / "00_setup_check.json").is_file()
+    stem = name.removesuffix(".ipynb")
+    if stem != "06_comparison":  # alone, the comparison finds no results to compare
+        assert (work / "results" / "tiny" / f"{stem}.json").is_file()
     check = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import course_utils, sys; print(course_utils.__file__)"],
                            cwd=work, env=env, capture_output=True, text=True, check=True)
