@@ -11,7 +11,7 @@ RUN_DIR ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 TEST_RESULTS := $(CURDIR)/build/test-results
 
-.PHONY: course setup run test lint standalone lock clean
+.PHONY: course setup run test test-standalone lint standalone lock clean
 
 course: run
 
@@ -36,6 +36,11 @@ test: setup
 	COURSE_PROFILE=tiny COURSE_RESULTS_DIR=$(TEST_RESULTS) $(OFFLINE) MPLBACKEND=Agg \
 		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --durations=20 -q
+
+# Every standalone copy, run alone in a fresh virtual environment (make test runs two of them)
+test-standalone: setup
+	COURSE_PROFILE=tiny COURSE_STANDALONE=all $(OFFLINE) $(BIN)/python -m pytest \
+		tests/test_standalone.py -k fresh_environment -v
 
 lint: setup
 	$(BIN)/ruff check course_utils tests notebooks

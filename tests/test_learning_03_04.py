@@ -64,7 +64,8 @@ def test_qlora_beats_the_unquantized_base_too():
 def test_only_a_few_percent_of_the_parameters_train(stem):
     extra = results(stem)["extra"]
     assert extra["trainable_parameters"] == extra["expected_trainable_parameters"]
-    assert extra["trainable_parameters"] < 0.05 * extra["total_parameters"]
+    # r=32 adapters: on q/k/v/o (LoRA) 2.7 %, on all linear layers (QLoRA) 6.8 % of 135M
+    assert extra["trainable_parameters"] < 0.10 * extra["total_parameters"]
 
 
 def test_lora_adapter_and_merge():

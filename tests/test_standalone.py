@@ -68,6 +68,17 @@ def _base_python() -> str:
 # that it learns (the nbval run of the notebooks and the learning checks do that).
 SMOKE_PARAMETERS = {"MAX_STEPS": 2, "N_TEST": 4, "SWEEP": False, "EVAL_BLOCKS": 8, "N_EXAMPLES": 2}
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+# `make test` (CI) runs the copies of 00 (it installs everything) and 05 (the most libraries);
+# `make test-standalone` (COURSE_STANDALONE=all) runs every copy, about 9 minutes.
+SMOKE_COPIES = ("00_setup_check.ipynb", "05_rag.ipynb")
+
+
+def copies_to_run() -> list:
+    everything = os.environ.get("COURSE_STANDALONE", "") == "all"
+    return [name if everything or name in SMOKE_COPIES else
+            pytest.param(name, marks=pytest.mark.skip(
+                reason="run every copy with `make test-standalone`"))
+            for name in NOTEBOOKS]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +103,7 @@ def fresh_environment(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", copies_to_run())
 def test_copy_runs_alone_in_a_fresh_environment(name, standalone_copies, fresh_environment,
                                                 tmp_path):
     """Each copy, uploaded alone: an empty folder holding only the notebook, run with papermill
