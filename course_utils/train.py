@@ -111,6 +111,9 @@ class TrainSettings:
             eval_strategy="steps" if self.eval_steps else "no",
             eval_steps=self.eval_steps or None,
             eval_on_start=self.eval_on_start and self.eval_steps > 0,
+            # evaluation keeps the loss only: otherwise the Trainer gathers every logit of the
+            # evaluation set, (rows, T, vocab) floats (Qwen3: 152k per token), into memory
+            prediction_loss_only=True,
             save_strategy="steps" if self.save_steps else "no",
             save_steps=self.save_steps or 500,
             save_total_limit=self.save_total_limit,

@@ -89,6 +89,7 @@ def test_training_arguments_on_cpu(tmp_path):
     assert args.warmup_steps == 0.1 and args.seed == args.data_seed == 42
     assert args.eval_strategy == "no" and args.save_strategy == "no"
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 16
+    assert args.prediction_loss_only  # evaluation must not gather (rows, T, vocab) logits
 
 
 def test_default_settings():
