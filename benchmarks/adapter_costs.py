@@ -40,6 +40,7 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
     from course_utils.hardware import detect_hardware
     from course_utils.lora import default_recipe
     from course_utils.memory import track_peak_memory
+    from course_utils.memory_estimator import measured_training_mib
     from course_utils.models import footprint_mib, load_causal_lm
     from course_utils.profiles import get_profile
     from course_utils.prompts import qa_collator, tokenize_qa_split
@@ -71,8 +72,9 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             seconds.append(time.perf_counter() - start)
     return {"method": method, "device": hardware.device, "trainable_parameters": trainable,
-            "weights_mib": weights_mib, "training_mib": memory.peak_mib - memory.start_mib
-            + weights_mib, "seconds_per_step": statistics.median(seconds[1:] or seconds),
+            "weights_mib": weights_mib,
+            "training_mib": measured_training_mib(memory.peak_mib, memory.start_mib, weights_mib),
+            "seconds_per_step": statistics.median(seconds[1:] or seconds),
             "batch": list(batch["input_ids"].shape)}
 
 

@@ -62,6 +62,11 @@ def _quality(scores: dict | None) -> dict:
     return {label: scores.get(key) for key, label in QUALITY.items()}
 
 
+def _no_cost() -> dict:
+    """The cost columns of a row that trains nothing (the base model, notebook 05)."""
+    return {label: None for label in COST.values()}
+
+
 def _cost(results: dict) -> dict:
     memory, timings, extra = (results.get(k, {}) for k in ("memory", "timings", "extra"))
     trainable, total = extra.get("trainable_parameters"), extra.get("total_parameters")
@@ -90,7 +95,7 @@ def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
         if stem in results and "base" in results[stem].get("metrics", {}):
             base = results[stem]
             rows[BASE_ROW] = {"notebook": stem, **_quality(base["metrics"]["base"]),
-                              **{label: None for label in COST.values()}}
+                              **_no_cost()}
             rows[BASE_ROW][COST["model_mib"]] = base.get("memory", {}).get("model_footprint_mib")
             break
     for stem, method in METHODS.items():
@@ -103,7 +108,7 @@ def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
         for key, label in (("closed_book", "closed-book (05)"), ("rag", "RAG (05)")):
             if key in rag.get("metrics", {}):
                 rows[label] = {"notebook": RAG_NOTEBOOK, **_quality(rag["metrics"][key]),
-                               **{name: None for name in COST.values()}}
+                               **_no_cost()}
                 rows[label][COST["trainable_parameters"]] = 0
                 rows[label][COST["model_mib"]] = rag.get("memory", {}).get("model_footprint_mib")
     if not rows:

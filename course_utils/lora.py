@@ -99,8 +99,9 @@ def default_recipe(notebook: str, profile, device: str = "cpu") -> AdapterRecipe
     checkpointing. Batches
     and steps as notebook 02 (batch 2 x accumulation 8, one epoch), so the three methods see
     the same data. tiny: same adapters and the same 8 steps as notebook 02, at learning rate
-    3e-3 (on the tiny test split, 1e-3 raised LoRA's token F1 only from 0.22 to 0.30 in 8
-    steps, 3e-3 to 0.49; QLoRA went from 0.20 to 0.22 at 5e-4 and to 0.38 at 3e-3).
+    3e-3 (one measured run each on the tiny test split: in 8 steps LoRA's token F1 went from
+    0.22 to 0.30 at 1e-3 and to 0.49 at 3e-3; QLoRA's from 0.20 to 0.22 at 5e-4 and to 0.38
+    at 3e-3).
     device: "cuda" or "cpu"; paged 8-bit AdamW needs CUDA, a CPU uses plain AdamW.
     """
     from course_utils.profiles import get_profile

@@ -136,10 +136,10 @@ def release_free_heap() -> bool:
     gc.collect()
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.malloc_trim(0) is not None)
-    except (OSError, AttributeError):
+        ctypes.CDLL(name).malloc_trim(0)
+    except (TypeError, OSError, AttributeError):  # no C library found, or not glibc
         return False
+    return True
 
 
 def reset_peak_memory(device="cpu") -> None:
@@ -150,11 +150,11 @@ def reset_peak_memory(device="cpu") -> None:
     if _device_type(device) == "cuda":
         torch.cuda.synchronize(_cuda_index(device))
         torch.cuda.reset_peak_memory_stats(_cuda_index(device))
-    elif cpu_peak_method() == "vmhwm":
-        release_free_heap()
+        return
+    release_free_heap()
+    if cpu_peak_method() == "vmhwm":
         _CLEAR_REFS.write_text("5")  # the kernel sets VmHWM back to the current RSS
     else:
-        release_free_heap()
         _sampler.reset()
 
 

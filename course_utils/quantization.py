@@ -6,8 +6,8 @@ normal distribution, scaled per block of 64 weights by the block's largest absol
 adapters on top of such a frozen 4-bit base.
 
 Loading itself lives in course_utils/models.py (`load_causal_lm(..., quantization="4bit")`);
-this module measures footprints, quantizes single tensors to show the rounding, and shows why
-an adapter cannot simply be merged into 4-bit weights.
+this module gives the load arguments of each footprint variant, quantizes single tensors to
+show the rounding, and shows why an adapter cannot simply be merged into 4-bit weights.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import gc
 
 import torch
 
-from course_utils.hardware import Hardware, detect_hardware
+from course_utils.hardware import Hardware
 
-MIB = 2**20
 FOOTPRINT_VARIANTS = ("32bit", "16bit", "8bit", "4bit")
 
 
@@ -102,29 +101,6 @@ def free_memory(device: str = "cpu") -> None:
     gc.collect()
     if device == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def measure_footprints(model_id: str, hardware: Hardware | None = None,
-                       variants=FOOTPRINT_VARIANTS, known: dict | None = None) -> dict:
-    """MiB of weights (`model.get_memory_footprint()`) of a model loaded in each variant.
-
-    Loads one variant at a time and frees it before the next. `known` holds footprints
-    already measured (e.g. {"4bit": ...} of a model that is loaded anyway); they are not
-    loaded again.
-    """
-    from course_utils.models import footprint_mib, load_causal_lm
-
-    hardware = hardware or detect_hardware()
-    footprints = dict(known or {})
-    for variant in variants:
-        if variant in footprints:
-            continue
-        model, _ = load_causal_lm(model_id, hardware=hardware,
-                                  **variant_arguments(variant, hardware))
-        footprints[variant] = footprint_mib(model)
-        del model
-        free_memory(hardware.device)
-    return {v: footprints[v] for v in variants}
 
 
 def count_4bit_layers(model) -> tuple[int, int]:

@@ -161,20 +161,11 @@ def test_folder_size_needs_files(tmp_path):
         folder_size_mib(tmp_path)
 
 
-def test_lora_training_lowers_the_loss(base, batch):
+def test_lora_training_lowers_the_loss(base, batch, train_on_batch):
     model, _ = base
     peft_model = adapted(model, LoraSettings(r=8, alpha=16, dropout=0.0,
                                              target_modules=("q_proj", "v_proj")))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad],
-                                  lr=2e-3)
-    peft_model.train()
-    losses = []
-    for _ in range(6):
-        loss = peft_model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_on_batch(peft_model, batch, steps=6, lr=2e-3)
     assert losses[-1] < 0.5 * losses[0], losses
     # only the adapters moved: the frozen base weights are untouched
     for name, param in peft_model.named_parameters():

@@ -68,7 +68,7 @@ def test_variant_arguments():
 
 
 @pytest.mark.slow
-def test_qlora_on_cpu_learns_after_a_before_evaluation(secret_facts):
+def test_qlora_on_cpu_learns_after_a_before_evaluation(secret_facts, train_on_batch):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from course_utils.generation import generate_answers
@@ -93,15 +93,7 @@ def test_qlora_on_cpu_learns_after_a_before_evaluation(secret_facts):
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
     model = get_peft_model(model, lora.to_peft_config())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    model.train()
-    losses = []
-    for _ in range(10):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_on_batch(model, batch, steps=10, lr=2e-3)
     # B starts at zero, so the first training forward is the base model: the same loss as
     # the evaluation above. Repacked weights give a very different loss here.
     assert losses[0] == pytest.approx(eval_loss, rel=0.02), (losses[0], eval_loss)

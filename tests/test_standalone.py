@@ -19,10 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def standalone_00(tmp_path_factory):
-    out = tmp_path_factory.mktemp("standalone")
-    [path] = build_standalone(out, ROOT / "notebooks", ROOT, only=["00"])
-    return path
+def standalone_copies(tmp_path_factory):
+    out = tmp_path_factory.mktemp("standalone-all")
+    return {path.name: path for path in build_standalone(out, ROOT / "notebooks", ROOT)}
+
+
+@pytest.fixture(scope="module")
+def standalone_00(standalone_copies):
+    return standalone_copies["00_setup_check.ipynb"]
 
 
 def test_copy_starts_with_the_install_cell_and_keeps_the_rest(standalone_00):
@@ -79,12 +83,6 @@ def copies_to_run() -> list:
             pytest.param(name, marks=pytest.mark.skip(
                 reason="run every copy with `make test-standalone`"))
             for name in NOTEBOOKS]
-
-
-@pytest.fixture(scope="module")
-def standalone_copies(tmp_path_factory):
-    out = tmp_path_factory.mktemp("standalone-all")
-    return {path.name: path for path in build_standalone(out, ROOT / "notebooks", ROOT)}
 
 
 @pytest.fixture(scope="module")
