@@ -1,4 +1,6 @@
-"""One loader for MS MARCO v1.1, the same columns and features in both profiles.
+"""What does the model read? MS MARCO rows, and the prompts and training rows made from them.
+
+One loader for MS MARCO v1.1, the same columns and features in every profile.
 
 `full` samples the hub data set (microsoft/ms_marco, config v1.1); `tiny` reads the mini MS
 MARCO shipped in course_utils/resources/mini_msmarco (see course_utils/mini_msmarco.py). Both
@@ -15,6 +17,7 @@ A row looks like this (one query, its candidate passages, the human answer):
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections import Counter
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
-from course_utils.profiles import Profile
+from course_utils.config import Profile
 
 NO_ANSWER = "No Answer Present."  # MS MARCO's answer when no passage holds one
 MINI_DIR = Path(__file__).parent / "resources" / "mini_msmarco"
@@ -218,3 +221,179 @@ def passage_texts(split: Dataset) -> list[str]:
         for text in passages["passage_text"]:
             seen.setdefault(text, None)
     return list(seen)
+
+
+# --- prompts and training rows ---------------------------------------------------------------
+# Turning MS MARCO rows into prompts and training rows.
+#
+# A QA training row is the prompt (system message, question, context) followed by the answer
+# and the end token. The model is trained only on the answer and the end token: every prompt
+# position has the label -100, which the loss ignores. Keeping the end token's label is what
+# teaches the model to stop after the answer.
+#
+#     prompt tokens                         answer tokens        end
+#     <|im_start|>system ... assistant\n    about 24 hours ...   <|im_end|>
+#     labels: -100 -100 ... -100            about 24 hours ...   <|im_end|>
+
+SYSTEM_PROMPT = (
+    "Answer the question using only the context. Reply with a short answer of a few words, "
+    "not a full sentence. If the context does not contain the answer, reply exactly: "
+    "No Answer Present."
+)
+RAG_INSTRUCTION = (
+    "Answer the question using only the numbered sources. Reply with a short answer of a few "
+    "words copied from the source, then the number of the source you used in brackets, like "
+    "[1]. If the sources do not contain the answer, reply exactly: " + NO_ANSWER
+)
+CLOSED_BOOK_INSTRUCTION = "Answer the question with a short answer of a few words."
+IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+
+
+def uses_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer, instruction: str, user: str, system: bool = True) -> str:
+    """Instruction and user message through the tokenizer's chat template, assistant turn open.
+
+    system: the instruction is a system message; False puts it at the start of the user
+    message (DeepSeek-R1 is meant to be used without a system prompt). `enable_thinking=False`
+    turns Qwen3's reasoning block off; templates without that switch ignore it. A tokenizer
+    without a chat template (a base model) gets plain text ending in "Answer:".
+    """
+    if not uses_chat_template(tokenizer):
+        return f"{instruction}\n\n{user}\nAnswer:"
+    if system:
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
+    else:
+        messages = [{"role": "user", "content": f"{instruction}\n\n{user}"}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         enable_thinking=False)
+
+
+def qa_prompt(tokenizer, question: str, context: str) -> str:
+    """The prompt for one question and its gold passage (notebooks 02-04): SYSTEM_PROMPT,
+    then "Question: ...\\nContext: ...", ready for the answer to follow."""
+    return chat_prompt(tokenizer, SYSTEM_PROMPT, f"Question: {question}\nContext: {context}")
+
+
+def format_sources(context: list[dict]) -> str:
+    """[1] first passage\\n\\n[2] second passage ... (context: dicts with a "text")"""
+    return "\n\n".join(f"[{n}] {p['text']}" for n, p in enumerate(context, start=1))
+
+
+def rag_prompt(tokenizer, question: str, context: list[dict], system: bool = True) -> str:
+    """Instruction, numbered retrieved sources and question (notebook 05)."""
+    user = f"Sources:\n{format_sources(context)}\n\nQuestion: {question}"
+    return chat_prompt(tokenizer, RAG_INSTRUCTION, user, system)
+
+
+def closed_book_prompt(tokenizer, question: str, system: bool = True) -> str:
+    """The same model without sources: only what it memorized in training can answer."""
+    return chat_prompt(tokenizer, CLOSED_BOOK_INSTRUCTION, f"Question: {question}", system)
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt from qa_prompt. A chat template already wrote the special tokens,
+    so none are added; a plain prompt gets the tokenizer's own (a BOS token, if it uses one)."""
+    return tokenizer(prompt, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+
+
+def _answer_ids(tokenizer, answer: str) -> list[int]:
+    """Answer tokens plus the end token. After "Answer:" the answer starts with a space."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos_token_id: set tokenizer.eos_token to the "
+                         "token that ends a model reply (e.g. '<|im_end|>').")
+    text = answer if uses_chat_template(tokenizer) else " " + answer
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def tokenize_qa(tokenizer, question: str, context: str, answer: str,
+                max_length: int) -> dict[str, list[int]]:
+    """input_ids, attention_mask and labels of one QA training row of at most max_length tokens.
+
+    Labels are -100 on every prompt token and equal to input_ids on the answer and end token.
+    A row that is too long loses the end of its CONTEXT, never the answer.
+    """
+    answer_ids = _answer_ids(tokenizer, answer)
+    budget = max_length - len(answer_ids)  # room left for the prompt
+    prompt_ids = prompt_token_ids(tokenizer, qa_prompt(tokenizer, question, context))
+    if len(prompt_ids) > budget:
+        bare = len(prompt_token_ids(tokenizer, qa_prompt(tokenizer, question, "")))
+        if bare > budget:
+            raise ValueError(
+                f"max_length={max_length} is too small: the prompt without context takes {bare} "
+                f"tokens and the answer {len(answer_ids)}. Raise max_length (profile.max_length) "
+                "or shorten the question or answer.")
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        keep = len(context_ids)
+        while len(prompt_ids) > budget:
+            # drop as many context tokens as the prompt is too long; decoding and encoding
+            # again can merge tokens differently, so check and repeat (keep=0 always fits)
+            keep = max(0, keep - (len(prompt_ids) - budget))
+            short_context = tokenizer.decode(context_ids[:keep])
+            prompt_ids = prompt_token_ids(tokenizer, qa_prompt(tokenizer, question, short_context))
+    input_ids = prompt_ids + answer_ids
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+    }
+
+
+def tokenize_qa_split(tokenizer, split: Dataset, max_length: int) -> Dataset:
+    """Training rows for a split: question, SELECTED passage as context, reference answer.
+
+    The selected passage is the one MS MARCO marks as holding the answer (the first passage,
+    which the original course used, often does not). Unanswerable rows train the reply
+    "No Answer Present." on their first passage.
+    """
+    rows = [tokenize_qa(tokenizer, row["query"], selected_passage(row), reference_answer(row),
+                        max_length) for row in split]
+    return Dataset.from_dict({key: [row[key] for row in rows]
+                              for key in ("input_ids", "attention_mask", "labels")})
+
+
+def qa_collator(tokenizer):
+    """Pads each batch to its own longest row: input_ids with the pad token, attention_mask
+    with 0, labels with -100. Rows are never padded to max_length.
+
+    It pads on the right whatever the tokenizer's padding_side (generation sets "left"), on a
+    copy of the tokenizer. To waste little padding, let the Trainer batch rows of similar
+    length together: `TrainingArguments(train_sampling_strategy="group_by_length")` in
+    transformers 5.x (4.x spelled it `group_by_length=True`, which 5.x rejects).
+    """
+    from transformers import DataCollatorForSeq2Seq
+
+    right_padding = copy.deepcopy(tokenizer)
+    right_padding.padding_side = "right"
+    if right_padding.pad_token_id is None:
+        right_padding.pad_token = right_padding.eos_token
+    return DataCollatorForSeq2Seq(right_padding, padding="longest",
+                                  label_pad_token_id=IGNORE_INDEX)
+
+
+def group_texts(tokenizer, texts: list[str], block_size: int) -> Dataset:
+    """Causal-LM training blocks from raw texts (notebook 01, domain adaptation).
+
+    Every text is tokenized, followed by the end token, and all are joined into one stream
+    that is cut into blocks of exactly block_size tokens; the incomplete last block is dropped.
+    Labels are a copy of input_ids: the model shifts them itself to predict the next token.
+    """
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos_token_id to separate documents with.")
+    texts, stream = list(texts), []  # stream: every token of every text, in order
+    for ids in (tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []):
+        stream += ids + [tokenizer.eos_token_id]
+    n_blocks = len(stream) // block_size
+    if n_blocks == 0:
+        raise ValueError(f"The texts hold {len(stream)} tokens, less than one block of "
+                         f"{block_size}: give more text or a smaller block_size.")
+    blocks = [stream[i * block_size:(i + 1) * block_size] for i in range(n_blocks)]  # (N, T)
+    return Dataset.from_dict({
+        "input_ids": blocks,
+        "attention_mask": [[1] * block_size for _ in blocks],
+        "labels": [list(block) for block in blocks],
+    })

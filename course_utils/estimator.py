@@ -1,4 +1,4 @@
-"""Predicting the peak memory of a training run before starting it.
+"""How much memory will a training run need, and how many parameters does LoRA train?
 
 Training memory has five parts, each computed from the model config:
 
@@ -37,8 +37,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from course_utils.quantization import nf4_bits_per_parameter
-
 MIB = 2**20
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw_8bit", "sgd")
@@ -53,6 +51,21 @@ DEVICES = tuple(OVERHEAD_FRACTION)
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def nf4_bits_per_parameter(block_size: int = 64, double_quant: bool = True,
+                           second_block_size: int = 256) -> float:
+    """Bits one weight costs in bitsandbytes NF4, scales included.
+
+    Without double quantization every block of `block_size` weights shares one fp32 absmax:
+    4 + 32/64 = 4.5 bits. With it, the absmax values are stored in 8 bits, with one fp32
+    scale per `second_block_size` of them: 4 + 8/64 + 32/(64*256) = 4.127 bits.
+    """
+    if block_size <= 0 or second_block_size <= 0:
+        raise ValueError(f"block sizes must be positive, got {block_size}, {second_block_size}")
+    if double_quant:
+        return 4 + 8 / block_size + 32 / (block_size * second_block_size)
+    return 4 + 32 / block_size
 
 
 def dtype_bytes(dtype) -> int:
@@ -148,6 +161,24 @@ def lora_parameter_count(shape: ModelShape, rank: int, targets) -> int:
     """Trainable LoRA parameters: per adapted layer r * (d_in + d_out), over all layers."""
     shapes = shape.linear_shapes()
     return shape.num_layers * sum(rank * sum(shapes[t]) for t in resolve_lora_targets(targets))
+
+
+def expected_lora_parameters(config, rank: int, targets) -> int:
+    """LoRA parameters computed from a model config alone: layers x sum of r * (d_in + d_out)."""
+    return lora_parameter_count(ModelShape.from_config(config), rank, targets)
+
+
+def lora_parameter_table(config, rank: int, targets) -> list[dict]:
+    """One row per adapted module of one layer: its shape, a full update's size and LoRA's."""
+    shapes = ModelShape.from_config(config).linear_shapes()
+    rows = []
+    for name in resolve_lora_targets(targets):
+        d_in, d_out = shapes[name]
+        rows.append({"module": name, "d_in": d_in, "d_out": d_out,
+                     "full update d_out*d_in": d_in * d_out,
+                     "LoRA r*(d_in+d_out)": rank * (d_in + d_out),
+                     "share": rank * (d_in + d_out) / (d_in * d_out)})
+    return rows
 
 
 def activation_elements_per_token(shape: ModelShape, method: str, lora_rank: int = 0,

