@@ -14,6 +14,7 @@ hardware decide (`full` on a CUDA machine, `tiny` otherwise).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -223,7 +224,8 @@ RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
                  "target_modules": ("all-linear", "QLoRA adapts every linear layer"),
                  "optim": ("paged_adamw_8bit", "8-bit AdamW states, paged to CPU memory on "
                                                "spikes (CUDA only)"),
-                 "gradient_checkpointing": (True, "prepare_model_for_kbit_training's default")},
+                 "activation_checkpointing": (True, "gradient checkpointing, as "
+                                                    "prepare_model_for_kbit_training sets it up")},
         "tiny": {**_QA_TRAINING_TINY, **_QA_GENERATION["tiny"],
                  "learning_rate": (3e-3, "measured once each on the tiny test split: token F1 "
                                          "0.20 -> 0.22 at 5e-4, -> 0.38 at 3e-3 in 8 steps"),
@@ -233,7 +235,8 @@ RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
                  "target_modules": ("all-linear", "QLoRA adapts every linear layer"),
                  "optim": ("adamw_torch", "paged optimizers need CUDA; a CPU has nothing to "
                                           "page to"),
-                 "gradient_checkpointing": (False, "at 135M parameters it only costs time")},
+                 "activation_checkpointing": (False, "gradient checkpointing costs time and "
+                                                     "saves little at 135M parameters")},
     },
     "05": {
         "full": {
@@ -291,10 +294,20 @@ class Recipe:
                 values[name], reasons[name] = value, "set by a notebook parameter"
         return replace(self, values=values, reasons=reasons)
 
+    def training_arguments(self) -> dict[str, Any]:
+        """The values whose names are `transformers.TrainingArguments` fields (max_steps,
+        learning_rate, batch sizes, ...), to pass as TrainingArguments(**...)."""
+        from dataclasses import fields
+
+        from transformers import TrainingArguments
+
+        names = {f.name for f in fields(TrainingArguments)}
+        return {name: value for name, value in self.values.items() if name in names}
+
     def table(self) -> str:
         """The values and their reasons, one line each."""
         width = max(len(name) for name in self.values)
-        return "\n".join(f"{name:<{width}}  {value!s:<20} {self.reasons.get(name, '')}"
+        return "\n".join(f"{name:<{width}}  {value!s:<20} {self.reason(name)}"
                          for name, value in self.values.items())
 
     def to_dict(self) -> dict[str, Any]:
@@ -398,11 +411,16 @@ class NotebookContext:
         """Where this notebook keeps checkpoints and adapters (runs/<profile>/<notebook>)."""
         return run_dir(self.profile.name, self.name)
 
+    def recipe(self, **overrides) -> Recipe:
+        """This notebook's row of RECIPES in this profile; overrides that are None keep it."""
+        return recipe(self.name, self.profile).with_overrides(**overrides)
+
 
 def setup_notebook(name: str, requested_profile: str = "auto", seed: int | None = None,
-                   verbose: bool = True) -> NotebookContext:
+                   verbose: bool = True, resume: bool = True) -> NotebookContext:
     """Resolve the profile ("auto" reads COURSE_PROFILE, then the hardware), seed everything
-    and print what this run uses, so a bug report names it."""
+    and print what this run uses, so a bug report names it. resume=False deletes the
+    notebook's run folder (checkpoints, adapters) so that training starts fresh."""
     from transformers import set_seed
 
     from course_utils.hardware import detect_hardware
@@ -415,4 +433,9 @@ def setup_notebook(name: str, requested_profile: str = "auto", seed: int | None 
         print("Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         print(f"Profile: {profile.name}" + (" (offline, packaged models)" if profile.offline else ""))
         print(f"Hardware: {hardware.describe()}")
-    return NotebookContext(name=name, profile=profile, hardware=hardware)
+    context = NotebookContext(name=name, profile=profile, hardware=hardware)
+    if not resume and context.run_dir.exists():
+        shutil.rmtree(context.run_dir)
+        if verbose:
+            print(f"Starting fresh: removed {context.run_dir}")
+    return context

@@ -293,6 +293,14 @@ def closed_book_prompt(tokenizer, question: str, system: bool = True) -> str:
     return chat_prompt(tokenizer, CLOSED_BOOK_INSTRUCTION, f"Question: {question}", system)
 
 
+def qa_test_set(tokenizer, data: DatasetDict, n_test: int = 0) -> tuple[Dataset, list, list]:
+    """(test rows, prompts, reference answers) of the shared test split, every method's exam
+    in notebooks 02-04; n_test > 0 keeps only the first n_test questions."""
+    test = data["test"] if not n_test else data["test"].select(range(min(n_test, len(data["test"]))))
+    prompts = [qa_prompt(tokenizer, row["query"], selected_passage(row)) for row in test]
+    return test, prompts, [reference_answer(row) for row in test]
+
+
 def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
     """Token ids of a prompt from qa_prompt. A chat template already wrote the special tokens,
     so none are added; a plain prompt gets the tokenizer's own (a BOS token, if it uses one)."""

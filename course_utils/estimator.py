@@ -12,7 +12,7 @@ Training memory has five parts, each computed from the model config:
   49k or 152k vocabulary they rival all other activations together.
 
 Activations are counted from first principles: for each operation of a Llama/Qwen decoder layer,
-which tensors autograd keeps (tests/test_memory_estimator.py checks the count against the
+which tensors autograd keeps (tests/test_estimator.py checks the count against the
 bytes autograd actually saves). Activations and gradients never peak together: gradients
 fill up while the backward pass frees activations, and peak in the optimizer step, which
 also makes scratch copies ("step scratch"). So

@@ -342,11 +342,6 @@ def mean_token_nll(model, dataset, collator, batch_size: int = 8) -> float:
     return total_nll / total_tokens
 
 
-def perplexity(model, dataset, collator, batch_size: int = 8) -> float:
-    """Perplexity of a causal LM on a dataset, from a collator that builds `labels`."""
-    return perplexity_from_loss(mean_token_nll(model, dataset, collator, batch_size))
-
-
 # ---------------------------------------------------------------- the one call notebooks make
 
 

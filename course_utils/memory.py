@@ -89,9 +89,6 @@ class _RssSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def sample(self) -> int:
         rss = _rss_bytes()
         with self._lock:

@@ -126,6 +126,7 @@ class LanguageModelRecord(Record):
 
     kind: ClassVar[str] = "language_model"
     parameters: int
+    trainable_parameters: int
     perplexity_before: float
     perplexity_after: float
     training: Training

@@ -1,10 +1,17 @@
-"""Fixtures shared by the unit tests."""
+"""Fixtures shared by the unit tests and the learning checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 
 # Questions whose answers a model can only know by training on them: (question, passage, answer)
 SECRET_WORDS = [("red", "falcon"), ("blue", "marble"), ("green", "tundra"), ("black", "violin"),
                 ("white", "copper"), ("pink", "lantern")]
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+RUN_RESULTS_ENV_VAR = "COURSE_RUN_RESULTS"
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +42,49 @@ def adamw_steps(model, batch: dict, steps: int, lr: float) -> list[float]:
 def train_on_batch():
     """`adamw_steps`: a few plain optimizer steps on one batch."""
     return adamw_steps
+
+
+def run_notebook(notebook: str, results_root: Path) -> None:
+    """Execute notebooks/<notebook>.ipynb in the tiny profile; its record goes to results_root."""
+    import papermill
+
+    os.environ["COURSE_RESULTS_DIR"] = str(results_root)  # the kernel inherits it
+    os.environ["COURSE_PROFILE"] = "tiny"
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"),
+                               str(results_root / f"{notebook}.executed.ipynb"),
+                               parameters={"PROFILE": "tiny"}, kernel_name="python3",
+                               cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_record(tmp_path_factory):
+    """`tiny_record("03_lora")`: the results record of a tiny run of a notebook.
+
+    Read from the folder $COURSE_RUN_RESULTS names (`make test` points it at the records its
+    nbval stage just wrote); without it, or when that folder lacks the notebook's record, the
+    notebook is run here with papermill first (minutes). Nothing depends on the order in which
+    pytest collects test files.
+    """
+    from course_utils.results import read_record
+
+    given = os.environ.get(RUN_RESULTS_ENV_VAR)
+    own = tmp_path_factory.mktemp("tiny-run")
+    records = {}
+
+    def load(notebook: str):
+        if notebook not in records:
+            path = Path(given) / f"{notebook}.json" if given else None
+            if path is None or not path.is_file():
+                saved = os.environ.get("COURSE_RESULTS_DIR")
+                try:
+                    run_notebook(notebook, own)
+                finally:
+                    if saved is None:
+                        os.environ.pop("COURSE_RESULTS_DIR", None)
+                    else:
+                        os.environ["COURSE_RESULTS_DIR"] = saved
+                path = own / "tiny" / f"{notebook}.json"
+            records[notebook] = read_record(path, "tiny")
+        return records[notebook]
+
+    return load
