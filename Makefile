@@ -1,6 +1,7 @@
 # One entry point for the course. The two commands of the README:
 #   make course   set everything up, then run every notebook headless in the tiny profile
-#   make test     unit tests, every notebook under nbval, then the learning checks
+#   make test     every notebook under nbval (stage 1), then the unit tests and the learning
+#                 checks, which read the records stage 1 wrote (stage 2)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,6 +11,7 @@ RUN_DIR ?=
 # Offline by design: the tiny profile and the tests never reach a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 TEST_RESULTS := $(CURDIR)/build/test-results
+TEST_ENV := COURSE_PROFILE=tiny MPLBACKEND=Agg $(OFFLINE)
 
 .PHONY: course setup run test test-standalone lint standalone lock clean
 
@@ -29,26 +31,33 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 	touch $@
 
 run: setup
-	COURSE_PROFILE=$(PROFILE) $(OFFLINE) $(BIN)/python -m course_utils run --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+	COURSE_PROFILE=$(PROFILE) $(OFFLINE) $(BIN)/python -m course_tools run --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
+# Two explicit stages, so that nothing depends on the order pytest collects tests in.
+# Stage 1: every notebook under nbval; each writes its record to $(TEST_RESULTS)/tiny/.
+# Stage 2: the unit tests and the learning checks; the checks read stage 1's records from
+# COURSE_RUN_RESULTS (without it they run the notebooks they need themselves). Unit tests that
+# write records write them to $(TEST_RESULTS)/unit, never over stage 1's.
 test: setup
 	rm -rf $(TEST_RESULTS)
-	COURSE_PROFILE=tiny COURSE_RESULTS_DIR=$(TEST_RESULTS) $(OFFLINE) MPLBACKEND=Agg \
-		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	$(TEST_ENV) COURSE_RESULTS_DIR=$(TEST_RESULTS) \
+		$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --durations=20 -q
+	$(TEST_ENV) COURSE_RUN_RESULTS=$(TEST_RESULTS)/tiny COURSE_RESULTS_DIR=$(TEST_RESULTS)/unit \
+		$(BIN)/python -m pytest tests --durations=20 -q
 
 # Every standalone copy, run alone in a fresh virtual environment (make test runs two of them)
 test-standalone: setup
-	COURSE_PROFILE=tiny COURSE_STANDALONE=all $(OFFLINE) $(BIN)/python -m pytest \
+	$(TEST_ENV) COURSE_STANDALONE=all $(BIN)/python -m pytest \
 		tests/test_standalone.py -k fresh_environment -v
 
 lint: setup
-	$(BIN)/ruff check course_utils tests notebooks
+	$(BIN)/ruff check course_utils course_tools tests notebooks benchmarks
 
 # Standalone copies of every notebook for Kaggle and Colab, in standalone/
 # (REPO=owner/name also writes standalone/README.md with Colab and Kaggle badges)
 standalone: setup
-	$(BIN)/python -m course_utils standalone --out standalone $(if $(REPO),--repo $(REPO),)
+	$(BIN)/python -m course_tools standalone --out standalone $(if $(REPO),--repo $(REPO),)
 
 # Rewrite the lock from the current environment (after a deliberate upgrade).
 lock: setup

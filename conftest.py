@@ -1,18 +1,7 @@
-"""Test order for `make test`: unit tests, then the notebooks under nbval, then the learning
-checks (tests/test_learning_*.py), which read the results files the notebooks just wrote."""
+"""Each notebook's runtime under nbval, printed at the end of a `pytest notebooks --nbval-lax` run
+(stage 1 of `make test`; the Makefile runs the two stages explicitly, in order)."""
 
-
-def _stage(item) -> int:
-    path = str(item.fspath)
-    if path.endswith(".ipynb"):
-        return 1
-    if "test_learning_" in path:
-        return 2
-    return 0
-
-
-def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=_stage)  # stable: keeps file order inside each stage
+import os
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -27,6 +16,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             notebook = path.rsplit("/", 1)[-1]
             seconds[notebook] = seconds.get(notebook, 0.0) + report.duration
     if seconds:
-        terminalreporter.write_sep("=", "notebook runtimes (nbval, tiny profile)")
+        profile = os.environ.get("COURSE_PROFILE", "auto")
+        terminalreporter.write_sep("=", f"notebook runtimes (nbval, {profile} profile)")
         for notebook, total in sorted(seconds.items()):
             terminalreporter.write_line(f"{notebook:<32} {total:7.1f} s")

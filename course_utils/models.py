@@ -120,7 +120,7 @@ def _offline_hint(model_id: str, error: Exception) -> ModelUnavailableError:
         f"This machine is probably offline, or the model is not in the local cache. The `tiny` "
         f"profile runs fully offline on packaged models: set the environment variable "
         f"COURSE_PROFILE=tiny, or pass `-p PROFILE tiny` to papermill / "
-        f"`--profile tiny` to `python -m course_utils run`. The `full` profile needs internet "
+        f"`--profile tiny` to `python -m course_tools run`. The `full` profile needs internet "
         f"(Kaggle/Colab with the internet switch on) or a pre-filled Hugging Face cache."
     )
 

@@ -153,7 +153,7 @@ class FineTuneRecord(Record):
         """The lines every fine-tuning notebook's summary starts with."""
         t, m, base, tuned = self.training, self.memory, self.base, self.tuned
         lines = [
-            f"{self.method} of {self.models.get('chat_model', '?')}: "
+            f"{self.method[:1].upper() + self.method[1:]} of {self.models.get('chat_model', '?')}: "
             f"{self.trainable_parameters:,} of {self.total_parameters:,} parameters trained "
             f"({self.trainable_parameters / self.total_parameters:.2%}).",
             f"- {t.steps} steps at learning rate {self.settings.get('learning_rate', '?'):g}: "

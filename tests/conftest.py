@@ -44,16 +44,25 @@ def train_on_batch():
     return adamw_steps
 
 
-def run_notebook(notebook: str, results_root: Path) -> None:
-    """Execute notebooks/<notebook>.ipynb in the tiny profile; its record goes to results_root."""
+OFFLINE = {"COURSE_PROFILE": "tiny", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+
+
+def run_tiny(notebook: str, folder: Path) -> Path:
+    """Execute notebooks/<notebook>.ipynb in the tiny profile; returns the record it wrote."""
     import papermill
 
-    os.environ["COURSE_RESULTS_DIR"] = str(results_root)  # the kernel inherits it
-    os.environ["COURSE_PROFILE"] = "tiny"
-    papermill.execute_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"),
-                               str(results_root / f"{notebook}.executed.ipynb"),
-                               parameters={"PROFILE": "tiny"}, kernel_name="python3",
-                               cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**OFFLINE, "COURSE_RESULTS_DIR": str(folder / "results")}.items():
+            patch.setenv(name, value)  # the kernel inherits the environment
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"),
+                                   str(folder / f"{notebook}.ipynb"),
+                                   parameters={"PROFILE": "tiny"}, cwd=str(NOTEBOOKS_DIR),
+                                   progress_bar=False)
+    path = folder / "results" / "tiny" / f"{notebook}.json"
+    if not path.is_file():
+        raise AssertionError(f"notebooks/{notebook}.ipynb ran but wrote no {path}")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -67,23 +76,14 @@ def tiny_record(tmp_path_factory):
     """
     from course_utils.results import read_record
 
-    given = os.environ.get(RUN_RESULTS_ENV_VAR)
-    own = tmp_path_factory.mktemp("tiny-run")
     records = {}
 
     def load(notebook: str):
         if notebook not in records:
-            path = Path(given) / f"{notebook}.json" if given else None
+            folder = os.environ.get(RUN_RESULTS_ENV_VAR)
+            path = Path(folder) / f"{notebook}.json" if folder else None
             if path is None or not path.is_file():
-                saved = os.environ.get("COURSE_RESULTS_DIR")
-                try:
-                    run_notebook(notebook, own)
-                finally:
-                    if saved is None:
-                        os.environ.pop("COURSE_RESULTS_DIR", None)
-                    else:
-                        os.environ["COURSE_RESULTS_DIR"] = saved
-                path = own / "tiny" / f"{notebook}.json"
+                path = run_tiny(notebook, tmp_path_factory.mktemp(f"run-{notebook}"))
             records[notebook] = read_record(path, "tiny")
         return records[notebook]
 

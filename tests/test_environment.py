@@ -1,22 +1,94 @@
-"""pyproject.toml, environment.yml and the lock file agree, and the lock is what is installed."""
+"""pyproject.toml, environment.yml and the lock file agree, and the lock is what is installed;
+the package requires what it and the notebooks import, and the tools are extras."""
 
+import ast
 import importlib.metadata as md
 import re
+import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import tomllib
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tools for developers and for JupyterLab: never needed to run a notebook or import the package.
+DEV_TOOLS = {"pytest", "nbval", "ruff", "papermill", "nbformat", "ipykernel"}
+LAB_TOOLS = {"jupyterlab", "ipywidgets"}
+# Imported by notebooks but provided by every Jupyter kernel (Kaggle, Colab, JupyterLab).
+KERNEL_PROVIDED = {"IPython"}
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _runtime_names() -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in _project()["dependencies"]}
 
 
 def _pyproject_requirements() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _project()
     names = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         names += extra
     return [Requirement(r) for r in names]
+
+
+def _top_level_imports(source: str) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module.split(".")[0])
+    return modules - set(sys.stdlib_module_names) - {"course_utils"}
+
+
+def _package_imports() -> set[str]:
+    return set().union(*(_top_level_imports(path.read_text())
+                         for path in (ROOT / "course_utils").glob("*.py")))
+
+
+def _notebook_imports() -> dict[str, set[str]]:
+    found = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        code = [cell.source for cell in nbformat.read(path, as_version=4).cells
+                if cell.cell_type == "code"]
+        lines = [line for source in code for line in source.splitlines()
+                 if not line.lstrip().startswith(("%", "!"))]  # IPython magics and shell lines
+        found[path.name] = _top_level_imports("\n".join(lines))
+    return found
+
+
+def test_extras_hold_the_tools_and_the_runtime_none():
+    extras = {name: {canonicalize_name(Requirement(r).name) for r in requirements}
+              for name, requirements in _project()["optional-dependencies"].items()}
+    assert extras["dev"] >= DEV_TOOLS
+    assert extras["lab"] >= LAB_TOOLS
+    assert not _runtime_names() & (DEV_TOOLS | LAB_TOOLS), (
+        "a tool is a runtime dependency: move it to the dev or lab extra")
+    assert "scripts" not in _project(), "the command line is dev tooling (python -m course_tools)"
+    makefile = (ROOT / "Makefile").read_text()
+    assert '-e ".[dev,lab]"' in makefile, "make setup installs the package with both extras"
+
+
+@pytest.mark.parametrize("who", ["course_utils", "notebooks"])
+def test_every_import_is_a_runtime_dependency(who):
+    """What course_utils and the notebooks import comes with `pip install course-utils`
+    (the standalone copies install nothing else): no tool of the dev or lab extras."""
+    distributions = md.packages_distributions()
+    imports = ({"course_utils/*.py": _package_imports()} if who == "course_utils"
+               else _notebook_imports())
+    runtime = _runtime_names()
+    for where, modules in imports.items():
+        for module in sorted(modules - KERNEL_PROVIDED):
+            provided_by = {canonicalize_name(d) for d in distributions.get(module, [])}
+            assert provided_by & runtime, (
+                f"{where} imports {module} (from {sorted(provided_by) or 'no installed package'}),"
+                " which is not a runtime dependency in pyproject.toml")
 
 
 def _environment_yml_requirements() -> dict[str, Requirement]:

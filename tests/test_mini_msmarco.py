@@ -2,10 +2,16 @@
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from course_utils import mini_msmarco as mm
+from course_tools import mini_msmarco as mm
+from course_utils.data import MINI_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCHEMA_KEYS = ["answers", "passages", "query", "query_id", "query_type", "wellFormedAnswers"]
 PASSAGE_KEYS = ["is_selected", "passage_text", "url"]
@@ -19,7 +25,7 @@ def shipped():
     for name in mm.SPLITS:
         path = mm.DATA_DIR / f"{name}.jsonl"
         if not path.is_file():
-            pytest.fail(f"{path} is missing: run `python -m course_utils.mini_msmarco build`")
+            pytest.fail(f"{path} is missing: run `python -m course_tools.mini_msmarco build`")
         splits[name] = [json.loads(line) for line in path.read_text().splitlines()]
     return splits
 
@@ -93,7 +99,7 @@ def test_shipped_files_equal_a_fresh_build(shipped):
     fresh = mm.fresh_build()
     for name in mm.SPLITS:
         assert (mm.DATA_DIR / f"{name}.jsonl").read_bytes() == fresh[name].encode(), (
-            f"{name}.jsonl is stale: run `python -m course_utils.mini_msmarco build`")
+            f"{name}.jsonl is stale: run `python -m course_tools.mini_msmarco build`")
 
 
 # ---------------------------------------------------------------- the builder, on made-up source
@@ -236,3 +242,18 @@ def test_cli_build_then_check(tmp_path, monkeypatch, capsys):
     (tmp_path / "test.jsonl").write_text("")
     assert mm.main(["check"]) == 1
     assert "differ from a fresh build" in capsys.readouterr().out
+
+
+def test_the_builder_writes_where_the_loader_reads():
+    assert mm.DATA_DIR == MINI_DIR
+
+
+def test_the_documented_command_checks_the_shipped_files():
+    done = subprocess.run([sys.executable, "-m", "course_tools.mini_msmarco", "check"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "shipped files match a fresh build" in done.stdout
+    usage = subprocess.run([sys.executable, "-m", "course_tools.mini_msmarco"],
+                           cwd=ROOT, capture_output=True, text=True)
+    assert usage.returncode == 2
+    assert "python -m course_tools.mini_msmarco build|check" in usage.stdout

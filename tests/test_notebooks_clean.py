@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.notebook_tools import is_checked, store_checked_outputs, strip_notebook
+from course_tools.notebooks import is_checked, store_checked_outputs, strip_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -69,7 +69,7 @@ def test_skeleton(notebook):
     headings = "\n".join(markdown)
     for heading in ("Learning objectives", "## Setup", "## Summary", "## Exercises"):
         assert heading in headings
-    assert "setup_notebook(" in code and "save_results(" in code
+    assert "setup_notebook(" in code and "save_record(" in code
     assert "sys.path" not in code, "import course_utils as an installed package"
 
 

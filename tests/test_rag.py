@@ -1,30 +1,31 @@
-"""The RAG graph: routing on the relevance score, numbered sources, reasoning removal.
+"""RAG answers: parsing raw outputs into cited answers, and the graph's steps run one question
+at a time (the LangGraph graph) or many at once (run_batched) with the same result.
 
-A fake generator (prompts -> recorded outputs) stands in for the language model, so these
-tests need only the small embedding model and the tiny tokenizer for its chat template.
+The step functions below are written like notebook 05's. A scripted fake generator (prompts ->
+canned outputs) stands in for the language model, so these tests need only the small embedding
+model and the tiny tokenizer for its chat template.
 """
 
 import pytest
+from langgraph.graph import END, START, StateGraph
 
-from course_utils.data import NO_ANSWER
+from course_utils.config import TINY, recipe
+from course_utils.data import NO_ANSWER, closed_book_prompt, rag_prompt
 from course_utils.models import load_embedding_model, load_tokenizer
 from course_utils.rag import (
-    RagPipeline,
-    RagSettings,
-    answer_closed_book,
+    RAGState,
+    answer_fields,
     answer_with_sources,
-    build_rag_graph,
     clean_answer,
-    closed_book_prompt,
-    create_rag_graph,
     draw_graph,
     parse_answer,
-    rag_prompt,
+    run_batched,
 )
 from course_utils.retrieval import PassageStore, Retriever
 
 MINILM = "packaged:all-minilm-l6-v2"
 SMOLLM = "packaged:smollm2-135m-instruct"
+THRESHOLD = recipe("05", TINY)["threshold"]
 
 PASSAGES = [
     "Mars is the fourth planet from the Sun. A day on Mars lasts about 24 hours and 37 minutes.",
@@ -34,6 +35,7 @@ PASSAGES = [
 ]
 ON_TOPIC = "how long is a day on mars"
 OFF_TOPIC = "what is the airspeed velocity of an unladen swallow"
+EIFFEL = "when was the eiffel tower completed"
 
 # Recorded DeepSeek-R1-Distill outputs: its chat template writes <think> into the prompt, so
 # the output usually holds only the closing tag; sometimes the model repeats the opening one.
@@ -46,81 +48,18 @@ R1_CUT_MID_THOUGHT = "Okay, let me look at the sources. Source [1] mentions Mars
 
 
 class FakeGenerator:
-    """Returns canned outputs and remembers the prompts it was given."""
+    """Scripted outputs: a fixed text, or a function of the prompt. Remembers every call."""
 
     def __init__(self, output="about 24 hours and 37 minutes [1]"):
-        self.output, self.prompts = output, []
+        self.output, self.calls = output, []
 
     def __call__(self, prompts):
-        self.prompts.extend(prompts)
-        return [self.output] * len(prompts)
+        self.calls.append(list(prompts))
+        return [self.output(p) if callable(self.output) else self.output for p in prompts]
 
-
-@pytest.fixture(scope="module")
-def embedder():
-    return load_embedding_model(MINILM)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(SMOLLM)
-
-
-@pytest.fixture(scope="module")
-def retriever(embedder):
-    store = PassageStore.from_texts(PASSAGES, [f"https://example.org/{i}" for i in range(4)])
-    return Retriever.build(store, embedder, MINILM, progress=False)
-
-
-def make_app(retriever, embedder, tokenizer, generator, **settings):
-    return create_rag_graph(None, tokenizer, retriever.index, embedder, retriever.store,
-                            settings=RagSettings(**settings), generate_fn=generator)
-
-
-def invoke(app, query):
-    return app.invoke({"query": query, "context": [], "answer": "", "retrieved": False})
-
-
-def test_on_topic_question_is_answered_from_numbered_sources(retriever, embedder, tokenizer):
-    fake = FakeGenerator()
-    state = invoke(make_app(retriever, embedder, tokenizer, fake, k=2), ON_TOPIC)
-    assert state["retrieved"] and state["best_score"] >= RagSettings().threshold
-    assert state["context"][0]["text"] == PASSAGES[0] and len(state["context"]) == 2
-    (prompt,) = fake.prompts
-    assert f"[1] {PASSAGES[0]}" in prompt and "[2] " in prompt and "[3] " not in prompt
-    assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
-    assert state["short_answer"] == "about 24 hours and 37 minutes"
-    assert state["sources"] == [1]
-    assert state["answer"] == ("about 24 hours and 37 minutes\n\n"
-                               "Sources: [1] https://example.org/0")
-
-
-def test_off_topic_question_takes_the_no_answer_branch(retriever, embedder, tokenizer):
-    fake = FakeGenerator()
-    state = invoke(make_app(retriever, embedder, tokenizer, fake), OFF_TOPIC)
-    assert not state["retrieved"] and state["best_score"] < RagSettings().threshold
-    assert state["answer"] == state["short_answer"] == NO_ANSWER
-    assert state["sources"] == [] and fake.prompts == []   # the model was never called
-
-
-def test_threshold_decides_the_route(retriever, embedder, tokenizer):
-    fake = FakeGenerator()
-    never = make_app(retriever, embedder, tokenizer, fake, threshold=1.0)
-    assert invoke(never, ON_TOPIC)["answer"] == NO_ANSWER
-    always = make_app(retriever, embedder, tokenizer, fake, threshold=-1.0)
-    assert invoke(always, OFF_TOPIC)["short_answer"] == "about 24 hours and 37 minutes"
-    with pytest.raises(ValueError, match="threshold"):
-        RagSettings(threshold=1.5)
-
-
-@pytest.mark.parametrize("raw", [R1_WITHOUT_OPEN, R1_WITH_OPEN])
-def test_reasoning_is_removed_with_or_without_the_opening_tag(retriever, embedder, tokenizer,
-                                                              raw):
-    state = invoke(make_app(retriever, embedder, tokenizer, FakeGenerator(raw)), ON_TOPIC)
-    assert state["short_answer"].lower().rstrip(".") == "about 24 hours and 37 minutes"
-    assert "think" not in state["answer"] and "Source [1] says" not in state["answer"]
-    assert state["sources"] == [1]
-    assert "day on Mars" in state["reasoning"] or "source [1]" in state["reasoning"]
+    @property
+    def prompts(self):
+        return [p for call in self.calls for p in call]
 
 
 class R1StyleTokenizer:
@@ -133,21 +72,75 @@ class R1StyleTokenizer:
         return f"<｜begin▁of▁sentence｜>{user}<｜Assistant｜><think>\n"
 
 
-def test_r1_prompt_with_open_think_tag_through_the_graph(retriever, embedder):
-    tokenizer = R1StyleTokenizer()
-    fake = FakeGenerator(R1_WITHOUT_OPEN)
-    state = invoke(make_app(retriever, embedder, tokenizer, fake), ON_TOPIC)
-    assert fake.prompts[0].endswith("<think>\n") and "[1] Mars" in fake.prompts[0]
-    assert state["short_answer"].rstrip(".") == "About 24 hours and 37 minutes"
-    assert state["reasoning"].startswith("Okay, the user asks")
-    # generation stopped before </think>: no answer yet, and the thoughts are not shown as one
-    cut = invoke(make_app(retriever, embedder, tokenizer, FakeGenerator(R1_CUT_MID_THOUGHT)),
-                 ON_TOPIC)
-    assert cut["short_answer"] == "" and cut["answer"] == "" and cut["sources"] == []
-    assert cut["reasoning"].startswith("Okay, let me look")
-    # closed-book answers are cleaned the same way
-    assert answer_closed_book(FakeGenerator(R1_WITH_OPEN), tokenizer, [ON_TOPIC]) == [
-        "about 24 hours and 37 minutes"]
+def make_steps(retriever, tokenizer, generator, k=1, threshold=THRESHOLD, system=True):
+    """retrieve_many, route, generate_many and no_answer, written like notebook 05's."""
+
+    def retrieve_many(queries):
+        updates = []
+        for found in retriever.retrieve_batch(queries, k=k):
+            best = found[0].score if found else -1.0
+            updates.append({"context": [p.to_dict() for p in found], "best_score": best,
+                            "retrieved": best >= threshold})
+        return updates
+
+    def route(state):
+        return "generate" if state["retrieved"] else "no_answer"
+
+    def generate_many(states):
+        prompts = [rag_prompt(tokenizer, s["query"], s["context"], system=system) for s in states]
+        return [answer_fields(raw, s["context"], prompt)
+                for raw, s, prompt in zip(generator(prompts), states, prompts, strict=True)]
+
+    def no_answer(state):
+        return {"answer": NO_ANSWER, "short_answer": NO_ANSWER, "sources": [], "reasoning": ""}
+
+    return retrieve_many, route, generate_many, no_answer
+
+
+def make_graph(retrieve_many, route, generate_many, no_answer):
+    """The graph notebook 05 builds: nodes are the batch steps called with one question."""
+    graph = StateGraph(RAGState)
+    graph.add_node("retrieve", lambda state: retrieve_many([state["query"]])[0])
+    graph.add_node("generate", lambda state: generate_many([state])[0])
+    graph.add_node("no_answer", no_answer)
+    graph.add_edge(START, "retrieve")
+    graph.add_conditional_edges("retrieve", route,
+                                {"generate": "generate", "no_answer": "no_answer"})
+    graph.add_edge("generate", END)
+    graph.add_edge("no_answer", END)
+    return graph.compile()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(SMOLLM)
+
+
+@pytest.fixture(scope="module")
+def retriever():
+    store = PassageStore.from_texts(PASSAGES, [f"https://example.org/{i}" for i in range(4)])
+    return Retriever.build(store, load_embedding_model(MINILM), MINILM, progress=False)
+
+
+def ask(retriever, tokenizer, generator, query, **options):
+    """One question through the graph."""
+    app = make_graph(*make_steps(retriever, tokenizer, generator, **options))
+    return app.invoke({"query": query})
+
+
+# --- parsing raw outputs -----------------------------------------------------------------------
+
+
+def test_parsing_answers():
+    assert clean_answer("Paris [1]\nSources: [1] https://x") == "Paris [1]"
+    assert clean_answer('"Paris"\nThe capital of France is Paris.') == "Paris"
+    assert clean_answer("The answer is: Paris") == "Paris"
+    assert clean_answer("I'm sorry. No answer present.") == NO_ANSWER
+    parsed = parse_answer("cobalt [2, 3] and [9]", n_sources=3)
+    assert parsed == {"short_answer": "cobalt and", "sources": [2, 3], "reasoning": ""}
+    context = [{"url": "u1", "id": "a"}, {"url": "", "id": "b"}]
+    assert answer_with_sources("x", [1, 2], context) == "x\n\nSources: [1] u1; [2] b"
+    assert answer_with_sources(NO_ANSWER, [1], context) == NO_ANSWER
 
 
 def test_answer_cut_mid_thought_is_empty_not_the_thoughts():
@@ -157,51 +150,125 @@ def test_answer_cut_mid_thought_is_empty_not_the_thoughts():
     assert parse_answer("about 24 hours [2]", 3)["short_answer"] == "about 24 hours"
 
 
-def test_parsing_answers():
-    assert clean_answer("Paris [1]\nSources: [1] https://x") == "Paris [1]"
-    assert clean_answer('"Paris"\nThe capital of France is Paris.') == "Paris"
-    assert clean_answer("I'm sorry. No answer present.") == NO_ANSWER
-    parsed = parse_answer("cobalt [2, 3] and [9]", n_sources=3)
-    assert parsed == {"short_answer": "cobalt and", "sources": [2, 3], "reasoning": ""}
-    context = [{"url": "u1", "id": "a"}, {"url": "", "id": "b"}]
-    assert answer_with_sources("x", [1, 2], context) == "x\n\nSources: [1] u1; [2] b"
-    assert answer_with_sources(NO_ANSWER, [1], context) == NO_ANSWER
-
-
-def test_uncited_answer_lists_every_source_it_was_shown(retriever, embedder, tokenizer):
-    state = invoke(make_app(retriever, embedder, tokenizer, FakeGenerator("24 hours"), k=2),
-                   ON_TOPIC)
-    assert state["short_answer"] == "24 hours" and state["sources"] == [1, 2]
-    refusal = invoke(make_app(retriever, embedder, tokenizer, FakeGenerator(NO_ANSWER)),
-                     ON_TOPIC)
+def test_answer_fields_cite_what_the_answer_rests_on():
+    context = [{"id": "a", "url": "https://example.org/0"}, {"id": "b", "url": ""}]
+    cited = answer_fields("about 24 hours [2]", context, "prompt")
+    assert cited == {"answer": "about 24 hours\n\nSources: [2] b", "short_answer": "about 24 hours",
+                     "sources": [2], "reasoning": ""}
+    # nothing cited: every passage it was shown; a refusal rests on none
+    assert answer_fields("24 hours", context, "prompt")["sources"] == [1, 2]
+    refusal = answer_fields(NO_ANSWER, context, "prompt")
     assert refusal["answer"] == NO_ANSWER and refusal["sources"] == []
+    # a closed-book prompt shows no sources: the answer is the short answer alone
+    closed = answer_fields(R1_WITH_OPEN, [], "prompt")
+    assert closed["answer"] == closed["short_answer"] == "about 24 hours and 37 minutes"
 
 
-def test_batch_path_matches_the_graph(retriever, embedder, tokenizer):
+# --- the steps through the graph ------------------------------------------------------------
+
+
+def test_on_topic_question_is_answered_from_numbered_sources(retriever, tokenizer):
+    fake = FakeGenerator()
+    state = ask(retriever, tokenizer, fake, ON_TOPIC, k=2)
+    assert state["retrieved"] and state["best_score"] >= THRESHOLD
+    assert state["context"][0]["text"] == PASSAGES[0] and len(state["context"]) == 2
+    (prompt,) = fake.prompts
+    assert f"[1] {PASSAGES[0]}" in prompt and "[2] " in prompt and "[3] " not in prompt
+    assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
+    assert state["short_answer"] == "about 24 hours and 37 minutes"
+    assert state["sources"] == [1]
+    assert state["answer"] == ("about 24 hours and 37 minutes\n\n"
+                               "Sources: [1] https://example.org/0")
+
+
+def test_off_topic_question_takes_the_no_answer_branch(retriever, tokenizer):
+    fake = FakeGenerator()
+    state = ask(retriever, tokenizer, fake, OFF_TOPIC)
+    assert not state["retrieved"] and state["best_score"] < THRESHOLD
+    assert state["answer"] == state["short_answer"] == NO_ANSWER
+    assert state["sources"] == [] and fake.calls == []   # the model was never called
+
+
+def test_threshold_decides_the_route(retriever, tokenizer):
+    fake = FakeGenerator()
+    assert ask(retriever, tokenizer, fake, ON_TOPIC, threshold=1.0)["answer"] == NO_ANSWER
+    answered = ask(retriever, tokenizer, fake, OFF_TOPIC, threshold=-1.0)
+    assert answered["short_answer"] == "about 24 hours and 37 minutes"
+
+
+@pytest.mark.parametrize("raw", [R1_WITHOUT_OPEN, R1_WITH_OPEN])
+def test_reasoning_is_removed_with_or_without_the_opening_tag(retriever, tokenizer, raw):
+    state = ask(retriever, tokenizer, FakeGenerator(raw), ON_TOPIC)
+    assert state["short_answer"].lower().rstrip(".") == "about 24 hours and 37 minutes"
+    assert "think" not in state["answer"] and "Source [1] says" not in state["answer"]
+    assert state["sources"] == [1]
+    assert "day on Mars" in state["reasoning"] or "source [1]" in state["reasoning"]
+
+
+def test_r1_prompt_with_open_think_tag_through_the_graph(retriever):
+    tokenizer = R1StyleTokenizer()
     fake = FakeGenerator(R1_WITHOUT_OPEN)
-    pipeline = RagPipeline(retriever, tokenizer, fake, RagSettings(k=2))
-    app = build_rag_graph(pipeline)
-    questions = [ON_TOPIC, OFF_TOPIC, "when was the eiffel tower completed"]
-    batched = pipeline.answer_batch(questions, progress=False)
+    state = ask(retriever, tokenizer, fake, ON_TOPIC, system=False)
+    assert fake.prompts[0].endswith("<think>\n") and "[1] Mars" in fake.prompts[0]
+    assert state["short_answer"].rstrip(".") == "About 24 hours and 37 minutes"
+    assert state["reasoning"].startswith("Okay, the user asks")
+    # generation stopped before </think>: no answer yet, and the thoughts are not shown as one
+    cut = ask(retriever, tokenizer, FakeGenerator(R1_CUT_MID_THOUGHT), ON_TOPIC, system=False)
+    assert cut["short_answer"] == "" and cut["answer"] == "" and cut["sources"] == []
+    assert cut["reasoning"].startswith("Okay, let me look")
+    # closed-book answers are cleaned the same way
+    prompt = closed_book_prompt(tokenizer, ON_TOPIC, system=False)
+    assert answer_fields(R1_WITH_OPEN, [], prompt)["short_answer"] == (
+        "about 24 hours and 37 minutes")
+
+
+# --- the same steps over many questions -------------------------------------------------------
+
+
+def test_batched_run_matches_the_graph_and_generates_once(retriever, tokenizer):
+    def script(prompt):  # a different answer per question, so a mix-up of the order shows
+        return "in 1889 [1]" if "Eiffel" in prompt else R1_WITHOUT_OPEN
+
+    batch_fake, graph_fake = FakeGenerator(script), FakeGenerator(script)
+    questions = [ON_TOPIC, OFF_TOPIC, EIFFEL]
+    batched = run_batched(questions, *make_steps(retriever, tokenizer, batch_fake, k=2))
+    assert len(batch_fake.calls) == 1 and len(batch_fake.calls[0]) == 2  # one call, 2 routed
+    app = make_graph(*make_steps(retriever, tokenizer, graph_fake, k=2))
     for question, state in zip(questions, batched, strict=True):
-        single = invoke(app, question)
-        for key in ("answer", "short_answer", "sources", "retrieved"):
+        single = app.invoke({"query": question})
+        assert state["query"] == question
+        for key in ("answer", "short_answer", "sources", "retrieved", "reasoning"):
             assert state[key] == single[key], (question, key)
         # batched embedding may differ from single in the last float digit
         assert [p["id"] for p in state["context"]] == [p["id"] for p in single["context"]]
         assert state["best_score"] == pytest.approx(single["best_score"], abs=1e-5)
+    assert [s["short_answer"] for s in batched] == [
+        "About 24 hours and 37 minutes.", NO_ANSWER, "in 1889"]
+    assert sorted(batch_fake.prompts) == sorted(graph_fake.prompts)
 
 
-def test_prompts_go_through_the_chat_template(tokenizer):
-    context = [{"text": "Paris is the capital of France.", "url": "u", "id": "p"}]
-    prompt = rag_prompt(tokenizer, "what is the capital of france", context)
-    assert "<|im_start|>user" in prompt and "[1] Paris is the capital" in prompt
-    closed = closed_book_prompt(tokenizer, "what is the capital of france")
-    assert "[1]" not in closed and closed.endswith("<|im_start|>assistant\n")
+def test_batched_run_without_routed_questions_never_generates(retriever, tokenizer):
+    fake = FakeGenerator()
+    states = run_batched([OFF_TOPIC, OFF_TOPIC], *make_steps(retriever, tokenizer, fake))
+    assert [s["answer"] for s in states] == [NO_ANSWER, NO_ANSWER] and fake.calls == []
+    assert run_batched([], *make_steps(retriever, tokenizer, fake)) == []
 
 
-def test_graph_draws_offline(retriever, embedder, tokenizer):
-    mermaid, ascii_art = draw_graph(make_app(retriever, embedder, tokenizer, FakeGenerator()))
+def test_batched_run_says_which_step_broke_its_contract(retriever, tokenizer):
+    retrieve_many, route, generate_many, no_answer = make_steps(retriever, tokenizer,
+                                                                FakeGenerator())
+    with pytest.raises(ValueError, match="generate_many must return one dict .* got 0 items"):
+        run_batched([ON_TOPIC], retrieve_many, route, lambda states: [], no_answer)
+    with pytest.raises(ValueError, match="retrieve_many must return one dict"):
+        run_batched([ON_TOPIC, EIFFEL], lambda qs: retrieve_many(qs[:1]), route,
+                    generate_many, no_answer)
+    with pytest.raises(ValueError, match=r"route returned \['answer'\]"):
+        run_batched([ON_TOPIC], retrieve_many, lambda state: "answer", generate_many, no_answer)
+
+
+def test_graph_draws_offline(retriever, tokenizer):
+    mermaid, ascii_art = draw_graph(make_graph(*make_steps(retriever, tokenizer,
+                                                           FakeGenerator())))
     for node in ("retrieve", "generate", "no_answer"):
         assert node in mermaid and node in ascii_art
     assert mermaid.lstrip().startswith(("graph", "---", "%%"))

@@ -6,8 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
+from course_utils.config import FULL, TINY
 from course_utils.models import load_embedding_model
-from course_utils.profiles import FULL, TINY
 from course_utils.retrieval import (
     IndexMismatchError,
     IndexSettings,

@@ -1,4 +1,5 @@
-"""Standalone copies: one extra cell installs the embedded wheel; nothing else is needed."""
+"""Standalone copies: one extra cell installs the embedded wheel (course_utils and its runtime
+dependencies only); nothing else is needed to run a notebook."""
 
 import base64
 import io
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from packaging.requirements import Requirement
 
+from course_tools.standalone import INSTALL_TAG, badge_table, build_standalone
 from course_utils import __version__
-from course_utils.standalone import INSTALL_TAG, badge_table, build_standalone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,16 +42,35 @@ def test_copy_starts_with_the_install_cell_and_keeps_the_rest(standalone_00):
     compile(install[0].source, "install-cell", "exec")  # valid Python
 
 
-def test_embedded_wheel_holds_the_package_and_its_data(standalone_00):
-    cell = nbformat.read(standalone_00, as_version=4).cells[1].source
+def _embedded_wheel(copy: Path) -> zipfile.ZipFile:
+    cell = nbformat.read(copy, as_version=4).cells[1].source
     payload = re.search(r'WHEEL_BASE64 = "([A-Za-z0-9+/=]+)"', cell).group(1)
-    wheel = zipfile.ZipFile(io.BytesIO(base64.b64decode(payload)))
+    return zipfile.ZipFile(io.BytesIO(base64.b64decode(payload)))
+
+
+def test_embedded_wheel_holds_the_package_and_its_data(standalone_00):
+    wheel = _embedded_wheel(standalone_00)
     names = set(wheel.namelist())
-    assert "course_utils/profiles.py" in names
+    assert "course_utils/config.py" in names
     assert "course_utils/resources/mini_msmarco/test.jsonl" in names
-    assert any(n.endswith(".dist-info/METADATA") for n in names)
+    assert "course_utils/resources/model_shapes/DeepSeek-R1-Distill-Qwen-7B.json" in names
+    # developer tooling and the mini MS MARCO builder's source stay in the checkout
+    assert not any(n.startswith("course_tools/") for n in names)
+    assert not any("/mini_msmarco/source/" in n for n in names)
     metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert f"Version: {__version__}" in metadata
+
+
+def test_embedded_wheel_requires_only_what_the_notebooks_run_on(standalone_00):
+    wheel = _embedded_wheel(standalone_00)
+    metadata = wheel.read(next(n for n in wheel.namelist()
+                               if n.endswith(".dist-info/METADATA"))).decode()
+    required = {Requirement(line.split(":", 1)[1]).name for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:") and "extra ==" not in line}
+    assert {"torch", "transformers", "peft", "bitsandbytes", "langgraph"} <= required
+    assert not required & {"papermill", "nbformat", "ipykernel", "ipywidgets", "pytest",
+                           "nbval", "ruff", "jupyterlab"}
+    assert "Provides-Extra: dev" in metadata  # the tools are an extra, not a requirement
 
 
 def test_badges_open_the_committed_copies():
@@ -88,7 +109,9 @@ def copies_to_run() -> list:
 @pytest.fixture(scope="module")
 def fresh_environment(tmp_path_factory):
     """Like Kaggle or Colab: a fresh venv that has torch and Jupyter (as those platforms do)
-    and never saw the repository. The first copy that runs installs course_utils into it."""
+    and never saw the repository. papermill and ipykernel, which run the copies here, are
+    installed by this fixture: the wheel does not bring them (they are dev tools). The first
+    copy that runs installs course_utils and its runtime dependencies into it."""
     venv = tmp_path_factory.mktemp("fresh") / "venv"
     subprocess.run([_base_python(), "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
