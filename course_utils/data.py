@@ -3,8 +3,8 @@
 One loader for MS MARCO v1.1, the same columns and features in every profile.
 
 `full` samples the hub data set (microsoft/ms_marco, config v1.1); `tiny` reads the mini MS
-MARCO shipped in course_utils/resources/mini_msmarco (see course_utils/mini_msmarco.py). Both
-give a DatasetDict with `train`, `validation` and `test`, sized by the profile and chosen with
+MARCO shipped in course_utils/resources/mini_msmarco (built by course_tools/mini_msmarco.py).
+Both give a DatasetDict with `train`, `validation` and `test`, sized by the profile and chosen with
 its seed, so every notebook of a profile is judged on the same test queries.
 
 A row looks like this (one query, its candidate passages, the human answer):
@@ -141,7 +141,7 @@ def _load_from_folder(folder: Path, profile: Profile) -> DatasetDict:
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing. The mini MS MARCO files are built from the source with "
-                "`python -m course_utils.mini_msmarco build`.")
+                "`python -m course_tools.mini_msmarco build`.")
         rows = _read_jsonl(path)
         order = np.random.default_rng(profile.seed).permutation(len(rows))
         chosen = _choose(rows, order, sizes[name], name, str(path))
