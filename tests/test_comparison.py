@@ -1,90 +1,159 @@
-"""The comparison table and figure, built from synthetic results dicts."""
+"""The comparison of notebook 06, built from synthetic records of notebooks 02-05."""
 
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from fixtures.records import (  # noqa: E402
+    TOTAL_PARAMETERS,
+    save_synthetic_records,
+    synthetic_records,
+)
 
-from course_utils.comparison import (
+from course_utils.results import (  # noqa: E402
     BASE_ROW,
-    collect_results,
+    COLUMN_LABELS,
+    COST,
+    QUALITY,
+    ResultsFileError,
+    collect_records,
+    comparison_rows,
     comparison_table,
     gains_over_base,
     plot_comparison,
 )
-from course_utils.results import save_results
 
-
-def scores(em: float, f1: float, bert: float) -> dict:
-    return {"n": 40, "exact_match": em, "token_f1": f1, "bertscore_precision": bert + 0.01,
-            "bertscore_recall": bert - 0.01, "bertscore_f1": bert, "bertscore_rescaled": False,
-            "bertscore_model": "packaged:all-minilm-l6-v2"}
-
-
-def method_results(base: dict, tuned: dict, trainable: int, training_mib: float) -> dict:
-    return {"metrics": {"base": base, "finetuned": tuned},
-            "memory": {"peak_mib": training_mib + 1500, "training_mib": training_mib,
-                       "predicted_peak_mib": training_mib * 1.1, "model_footprint_mib": 513.0},
-            "timings": {"seconds_per_step": 5.0, "tokens_per_second": 200.0},
-            "extra": {"trainable_parameters": trainable, "total_parameters": 134_515_008}}
+METHODS = [BASE_ROW, "full fine-tuning", "LoRA", "QLoRA", "closed-book (05)", "RAG (05)"]
 
 
 @pytest.fixture
-def results():
-    base = scores(0.1, 0.2, 0.4)
-    return {
-        "02_full_finetuning": method_results(base, scores(0.5, 0.6, 0.7), 134_515_008, 2600),
-        "03_lora": method_results(base, scores(0.4, 0.5, 0.65), 3_317_760, 1400),
-        "04_qlora": method_results(scores(0.08, 0.18, 0.38), scores(0.38, 0.48, 0.6),
-                                   4_884_480, 1300),
-        "05_rag": {"metrics": {"closed_book": scores(0.05, 0.1, 0.3), "rag": scores(0.3, 0.4, 0.6)},
-                   "memory": {"model_footprint_mib": 513.0}},
-    }
+def records():
+    return synthetic_records()
 
 
-def test_table_has_the_base_first_and_one_row_per_method(results):
-    table = comparison_table(results)
-    assert list(table.index) == [BASE_ROW, "full fine-tuning", "LoRA", "QLoRA",
-                                 "closed-book (05)", "RAG (05)"]
-    assert table.loc[BASE_ROW, "token F1"] == 0.2
-    assert table.loc["LoRA", "trainable parameters"] == 3_317_760
-    assert table.loc["LoRA", "trainable share"] == pytest.approx(3_317_760 / 134_515_008)
-    assert table.loc["QLoRA", "training memory (MiB)"] == 1300
-    assert table.loc["RAG (05)", "trainable parameters"] == 0
-    assert table.loc["RAG (05)", "BERTScore F1"] == 0.6
+def test_rows_have_the_base_first_and_one_row_per_method(records):
+    rows = comparison_rows(records)
+    assert [row["method"] for row in rows] == METHODS
+    assert all(list(row) == ["method", "notebook", *QUALITY, *COST] for row in rows)
+    base, full, lora, qlora, closed, rag = rows
+    assert base["notebook"] == "02_full_finetuning" and base["token_f1"] == 0.2
+    assert base["trainable_parameters"] is None and base["model_mib"] == 513.0
+    assert full["trainable_share"] == 1.0
+    assert lora["trainable_parameters"] == 3_317_760
+    assert lora["trainable_share"] == pytest.approx(3_317_760 / TOTAL_PARAMETERS)
+    assert lora["seconds_per_step"] == 2.0 and lora["tokens_per_second"] == 200.0
+    assert qlora["training_mib"] == 1300 and qlora["predicted_mib"] == pytest.approx(1430)
+    assert qlora["token_f1"] == 0.48
+    assert qlora["model_mib"] == 159.0  # 4-bit weights
+    assert rag["trainable_parameters"] == 0 and rag["bertscore_f1"] == 0.6
+    assert rag["training_mib"] is None and closed["notebook"] == "05_rag"
 
 
-def test_table_works_with_some_files_missing(results):
-    table = comparison_table({"04_qlora": results["04_qlora"]})
-    assert list(table.index) == [BASE_ROW, "QLoRA"]
-    assert table.loc[BASE_ROW, "notebook"] == "04_qlora"  # the base comes from what exists
+def test_table_is_indexed_by_method_with_field_names_as_columns(records):
+    table = comparison_table(records)
+    assert list(table.index) == METHODS
+    assert list(table.columns) == ["notebook", *QUALITY, *COST]
+    assert set(COLUMN_LABELS) == set(QUALITY) | set(COST), "every column has a display name"
+    assert table.loc["QLoRA", "training_mib"] == 1300
+    assert table.loc[BASE_ROW, "exact_match"] == 0.1
+
+
+def test_rows_work_with_some_files_missing(records):
+    rows = comparison_rows({"04_qlora": records["04_qlora"]})
+    assert [row["method"] for row in rows] == [BASE_ROW, "QLoRA"]
+    assert rows[0]["notebook"] == "04_qlora"  # the base comes from what exists
+    assert rows[0]["token_f1"] == 0.18
+    only_rag = comparison_rows({"05_rag": records["05_rag"]})
+    assert [row["method"] for row in only_rag] == ["closed-book (05)", "RAG (05)"]
     with pytest.raises(ValueError, match="run notebooks 02-05"):
-        comparison_table({})
+        comparison_rows({})
 
 
-def test_gains_are_measured_against_each_methods_own_base(results):
-    gains = gains_over_base(results, "token_f1")
+def test_gains_are_measured_against_each_methods_own_base(records):
+    gains = gains_over_base(records, "token_f1")
+    assert list(gains.index) == ["full fine-tuning", "LoRA", "QLoRA"]
     assert gains["full fine-tuning"] == pytest.approx(0.4)
-    assert gains["QLoRA"] == pytest.approx(0.48 - 0.18)
+    assert gains["QLoRA"] == pytest.approx(0.48 - 0.18)  # not 0.48 - 0.2: its base is 4-bit
+    assert gains.name == "token F1 gain over its base"
+    assert gains_over_base({"05_rag": records["05_rag"]}).empty
 
 
-def test_collect_names_the_notebook_to_run(tmp_path, monkeypatch, results):
+def test_collect_names_the_notebook_to_run(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path))
-    save_results("03_lora", "tiny", **{k: v for k, v in results["03_lora"].items()})
-    collected = collect_results("tiny")
-    assert list(collected.results) == ["03_lora"]
-    assert set(collected.missing) == {"02_full_finetuning", "04_qlora", "05_rag"}
-    assert "notebooks/04_qlora.ipynb" in collected.missing["04_qlora"]
-    assert "--profile tiny --only 04" in collected.report()
+    save_synthetic_records("tiny", ["03_lora"])
+    collected = collect_records("tiny")
+    assert list(collected.records) == ["03_lora"]
+    assert list(collected.missing) == ["02_full_finetuning", "04_qlora", "05_rag"]
+    assert "run notebooks/04_qlora.ipynb" in collected.missing["04_qlora"]
+    report = collected.report()
+    assert "results found (tiny profile): 03_lora" in report
+    assert "--profile tiny --only 04" in report
+    assert collect_records("full").report().startswith("results found (full profile): none")
 
 
-def test_plot_has_quality_and_cost_panels(results):
-    figure = plot_comparison(comparison_table(results))
+def test_collect_reads_every_record_and_refuses_a_damaged_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path))
+    save_synthetic_records("tiny")
+    collected = collect_records("tiny")
+    assert not collected.missing
+    expected = synthetic_records("tiny")
+    assert list(collected.records) == list(expected)
+    for stem, record in collected.records.items():
+        assert record == dataclasses.replace(expected[stem], created=record.created)
+    (tmp_path / "tiny" / "04_qlora.json").write_text("{")
+    with pytest.raises(ResultsFileError, match="rerun notebooks/04_qlora.ipynb"):
+        collect_records("tiny")
+
+
+def test_plot_has_quality_and_cost_panels(records):
+    figure = plot_comparison(comparison_table(records))
     titles = [ax.get_title() for ax in figure.axes]
     assert any("quality" in t for t in titles)
-    for column in ("trainable parameters", "training memory (MiB)", "seconds per step",
-                   "tokens per second"):
-        assert column in titles
+    for column in ("trainable_parameters", "training_mib", "model_mib", "seconds_per_step",
+                   "tokens_per_second"):
+        assert COLUMN_LABELS[column] in titles
+    quality = figure.axes[0]
+    assert [t.get_text() for t in quality.get_legend().get_texts()] == \
+        [COLUMN_LABELS[c] for c in QUALITY]
+    plt.close(figure)
+
+
+def test_plot_says_which_costs_were_not_measured(records):
+    figure = plot_comparison(comparison_table({"05_rag": records["05_rag"]}))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert "training memory (MiB): not measured" in titles
+    assert "trainable parameters: not measured" in titles  # zero has no bar on a log axis
+    plt.close(figure)
+
+
+def test_notebook_06_compares_the_records_it_finds(tmp_path, monkeypatch):
+    """Notebook 06 on records of 03 and 05 only: it writes a ComparisonRecord of what it found
+    and names the notebooks still to run."""
+    import nbformat
+    import papermill
+
+    from course_utils.results import ComparisonRecord, load_record
+
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    save_synthetic_records("tiny", ["03_lora", "05_rag"])
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    papermill.execute_notebook(str(notebooks / "06_comparison.ipynb"), str(tmp_path / "06.ipynb"),
+                               parameters={"PROFILE": "tiny"}, kernel_name="python3",
+                               cwd=str(notebooks), progress_bar=False)
+    saved = load_record("06_comparison", "tiny", ComparisonRecord)
+    assert saved.rows == comparison_rows(collect_records("tiny").records)
+    assert [row["method"] for row in saved.rows] == [BASE_ROW, "LoRA", "closed-book (05)",
+                                                     "RAG (05)"]
+    assert list(saved.missing) == ["02_full_finetuning", "04_qlora"]
+    text = "".join(output.get("text", "") for cell in nbformat.read(tmp_path / "06.ipynb", 4).cells
+                   for output in cell.get("outputs", []))
+    assert "Highest token F1 among the fine-tuning methods: LoRA (0.500, base model 0.200)" in text
+    assert "- Missing 04_qlora: run notebooks/04_qlora.ipynb in the tiny profile" in text

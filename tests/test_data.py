@@ -10,7 +10,7 @@ import yaml
 from datasets import Dataset, DatasetDict, Features
 
 from course_utils import data
-from course_utils.profiles import FULL, TINY
+from course_utils.config import FULL, TINY
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ms_marco_v1.1_dataset_info.yaml"
 
@@ -86,7 +86,7 @@ def test_an_all_bad_split_raises_a_clear_error(tmp_path):
 
 
 def test_a_missing_file_says_how_to_build_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="mini_msmarco build"):
+    with pytest.raises(FileNotFoundError, match=r"python -m course_tools\.mini_msmarco build"):
         data._load_from_folder(tmp_path, TINY)
 
 

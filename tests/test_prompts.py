@@ -1,11 +1,12 @@
-"""Prompts and training rows, on the real SmolLM2 tokenizer and a copy without chat template."""
+"""Prompts and training rows (course_utils.data), on the real SmolLM2 tokenizer and a copy
+without chat template."""
 
 import copy
 
 import pytest
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
-from course_utils import prompts
+from course_utils import data
 from course_utils.data import MSMARCO_FEATURES
 from course_utils.models import load_tokenizer
 
@@ -41,32 +42,32 @@ def test_smollm2_ends_replies_with_im_end(chat):
 @pytest.mark.parametrize("which, spoken", [("chat", ANSWER), ("plain", " " + ANSWER)])
 def test_only_answer_and_end_token_carry_labels(chat, plain, which, spoken):
     tokenizer = chat if which == "chat" else plain
-    row = prompts.tokenize_qa(tokenizer, QUESTION, CONTEXT, ANSWER, max_length=256)
+    row = data.tokenize_qa(tokenizer, QUESTION, CONTEXT, ANSWER, max_length=256)
     ids = labelled(tokenizer, row)
     assert ids[-1] == tokenizer.eos_token_id  # the end token keeps its label: the model learns to stop
     assert tokenizer.decode(ids[:-1]) == spoken
     assert row["attention_mask"] == [1] * len(row["input_ids"])
-    prompt = prompts.qa_prompt(tokenizer, QUESTION, CONTEXT)
+    prompt = data.qa_prompt(tokenizer, QUESTION, CONTEXT)
     n_prompt = len(row["labels"]) - len(ids)
-    assert row["input_ids"][:n_prompt] == prompts.prompt_token_ids(tokenizer, prompt)
+    assert row["input_ids"][:n_prompt] == data.prompt_token_ids(tokenizer, prompt)
 
 
 def test_chat_and_plain_templates(chat, plain):
-    chat_prompt = prompts.qa_prompt(chat, QUESTION, CONTEXT)
-    assert chat_prompt.startswith("<|im_start|>system\n" + prompts.SYSTEM_PROMPT)
+    chat_prompt = data.qa_prompt(chat, QUESTION, CONTEXT)
+    assert chat_prompt.startswith("<|im_start|>system\n" + data.SYSTEM_PROMPT)
     assert f"Question: {QUESTION}\nContext: {CONTEXT}" in chat_prompt
     assert chat_prompt.endswith("<|im_start|>assistant\n")
-    assert prompts.qa_prompt(plain, QUESTION, CONTEXT) == \
-        f"Question: {QUESTION}\nContext: {CONTEXT}\nAnswer:"
-    assert "No Answer Present." in prompts.SYSTEM_PROMPT
+    assert data.qa_prompt(plain, QUESTION, CONTEXT) == \
+        f"{data.SYSTEM_PROMPT}\n\nQuestion: {QUESTION}\nContext: {CONTEXT}\nAnswer:"
+    assert "No Answer Present." in data.SYSTEM_PROMPT
 
 
 def test_collator_pads_each_batch_to_its_longest_row(chat):
-    rows = [prompts.tokenize_qa(chat, QUESTION, CONTEXT[:n], ANSWER, max_length=256)
+    rows = [data.tokenize_qa(chat, QUESTION, CONTEXT[:n], ANSWER, max_length=256)
             for n in (20, 90, 50)]
     chat.padding_side = "left"  # as a generation cell leaves it; training still pads right
     try:
-        batch = prompts.qa_collator(chat)(rows)
+        batch = data.qa_collator(chat)(rows)
     finally:
         chat.padding_side = "right"
     longest = max(len(row["input_ids"]) for row in rows)
@@ -87,7 +88,7 @@ def test_the_selected_passage_is_the_context(chat):
                                          "Jupiter is the largest planet."],
                         "url": ["u0", "u1", "u2"]}}
     split = Dataset.from_list([row], features=MSMARCO_FEATURES)
-    train = prompts.tokenize_qa_split(chat, split, max_length=256)
+    train = data.tokenize_qa_split(chat, split, max_length=256)
     assert train.column_names == ["input_ids", "attention_mask", "labels"]
     text = chat.decode(train[0]["input_ids"])
     assert CONTEXT in text and "Venus" not in text and "Jupiter" not in text
@@ -98,22 +99,73 @@ def test_the_selected_passage_is_the_context(chat):
 def test_truncation_cuts_the_context_and_keeps_the_answer(chat, plain, which):
     tokenizer = chat if which == "chat" else plain
     long_context = CONTEXT + " " + "Mars has red dust and thin air. " * 100
-    row = prompts.tokenize_qa(tokenizer, QUESTION, long_context, ANSWER, max_length=120)
+    row = data.tokenize_qa(tokenizer, QUESTION, long_context, ANSWER, max_length=120)
     assert len(row["input_ids"]) <= 120
     assert tokenizer.decode(labelled(tokenizer, row)[:-1]).strip() == ANSWER
     text = tokenizer.decode(row["input_ids"])
     assert QUESTION in text and "Mars is the fourth planet" in text
     with pytest.raises(ValueError, match="max_length=20 is too small"):
-        prompts.tokenize_qa(tokenizer, QUESTION, long_context, ANSWER, max_length=20)
+        data.tokenize_qa(tokenizer, QUESTION, long_context, ANSWER, max_length=20)
 
 
 def test_group_texts_makes_equal_blocks(chat):
     texts = [f"Passage number {i} talks about the planets of the solar system." for i in range(20)]
-    blocks = prompts.group_texts(chat, texts, block_size=32)
+    blocks = data.group_texts(chat, texts, block_size=32)
     total = sum(len(chat(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
     assert len(blocks) == total // 32
     assert all(len(ids) == 32 for ids in blocks["input_ids"])
     assert blocks["labels"] == blocks["input_ids"]
     assert chat.eos_token_id in blocks["input_ids"][0]  # documents are separated by the end token
     with pytest.raises(ValueError, match="less than one block"):
-        prompts.group_texts(chat, texts[:1], block_size=1024)
+        data.group_texts(chat, texts[:1], block_size=1024)
+
+
+SOURCES = [{"text": "Mars has two moons."}, {"text": CONTEXT}]
+
+
+def test_one_chat_template_helper_for_every_prompt(chat, plain):
+    as_system = data.chat_prompt(chat, "Be brief.", "Hi?")
+    assert as_system.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert as_system.endswith("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n")
+    in_user_turn = data.chat_prompt(chat, "Be brief.", "Hi?", system=False)
+    assert "<|im_start|>user\nBe brief.\n\nHi?<|im_end|>" in in_user_turn
+    assert data.chat_prompt(plain, "Be brief.", "Hi?") == "Be brief.\n\nHi?\nAnswer:"
+
+
+def test_rag_prompt_numbers_the_sources(chat):
+    assert data.format_sources(SOURCES) == f"[1] Mars has two moons.\n\n[2] {CONTEXT}"
+    prompt = data.rag_prompt(chat, QUESTION, SOURCES)
+    assert prompt.startswith("<|im_start|>system\n" + data.RAG_INSTRUCTION)
+    assert f"Sources:\n[1] Mars has two moons.\n\n[2] {CONTEXT}\n\nQuestion: {QUESTION}" in prompt
+    assert data.NO_ANSWER in data.RAG_INSTRUCTION and "[1]" in data.RAG_INSTRUCTION
+    no_system = data.rag_prompt(chat, QUESTION, SOURCES, system=False)
+    assert "<|im_start|>user\n" + data.RAG_INSTRUCTION in no_system  # DeepSeek-R1's way
+
+
+def test_closed_book_prompt_has_no_sources(chat):
+    prompt = data.closed_book_prompt(chat, QUESTION)
+    assert data.CLOSED_BOOK_INSTRUCTION in prompt and f"Question: {QUESTION}" in prompt
+    assert "Sources" not in prompt and CONTEXT not in prompt
+
+
+def test_the_shared_test_set(chat):
+    rows = [{"query": f"question {i}", "answers": [f"answer {i}"], "query_id": i,
+             "query_type": "entity", "wellFormedAnswers": [],
+             "passages": {"is_selected": [0, 1], "passage_text": [f"other {i}", f"gold {i}"],
+                          "url": ["u0", "u1"]}} for i in range(5)]
+    split = DatasetDict({"test": Dataset.from_list(rows, features=MSMARCO_FEATURES)})
+    test, prompts, references = data.qa_test_set(chat, split)
+    assert len(test) == len(prompts) == 5 and references == [f"answer {i}" for i in range(5)]
+    assert prompts[3] == data.qa_prompt(chat, "question 3", "gold 3")  # the selected passage
+    test, prompts, references = data.qa_test_set(chat, split, n_test=2)
+    assert test["query"] == ["question 0", "question 1"] and len(prompts) == 2
+    assert len(data.qa_test_set(chat, split, n_test=50)[0]) == 5
+
+
+def test_rows_need_an_end_token(chat):
+    tokenizer = copy.deepcopy(chat)
+    tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="no eos_token_id"):
+        data.tokenize_qa(tokenizer, QUESTION, CONTEXT, ANSWER, max_length=256)
+    with pytest.raises(ValueError, match="block_size must be positive"):
+        data.group_texts(chat, ["text"], block_size=0)

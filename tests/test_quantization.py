@@ -13,27 +13,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import BitsAndBytesConfig
 
+from course_utils.config import TINY
 from course_utils.hardware import detect_hardware
-from course_utils.profiles import TINY
-from course_utils.quantization import (
+from course_utils.models import (
     count_4bit_layers,
-    nf4_bits_per_parameter,
     nf4_levels,
     nf4_roundtrip,
     quantization_error,
     requantization_loss,
-    variant_arguments,
 )
 
 CPU = detect_hardware(prefer_cpu=True)
 
 
-def test_bits_per_parameter():
-    assert nf4_bits_per_parameter(double_quant=False) == 4 + 32 / 64
-    assert nf4_bits_per_parameter() == pytest.approx(4.127, abs=1e-3)
-    with pytest.raises(ValueError, match="block sizes must be positive"):
-        nf4_bits_per_parameter(block_size=0)
+def nf4_config() -> BitsAndBytesConfig:
+    """QLoRA's 4-bit format as notebook 04 builds it (fp32 compute on a CPU)."""
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.float32)
 
 
 def test_nf4_levels_and_roundtrip():
@@ -45,6 +44,12 @@ def test_nf4_levels_and_roundtrip():
     restored = nf4_roundtrip(weight)
     assert restored.shape == weight.shape
     assert 0 < quantization_error(weight)["relative_error"] < 0.15
+    # every restored value is a level times its block's absmax (the largest |weight| of 64)
+    block = weight.flatten()[:64]
+    scaled = levels * block.abs().max()
+    restored_block = restored.flatten()[:64]
+    assert torch.all((restored_block[:, None] - scaled[None, :]).abs().min(dim=1).values < 1e-3)
+    assert nf4_roundtrip(restored).sub(restored).abs().max() < 1e-3, "NF4 values stay put"
 
 
 def test_a_small_update_is_lost_when_requantized():
@@ -59,25 +64,34 @@ def test_a_small_update_is_lost_when_requantized():
         requantization_loss(weight, lora_like[:, :5])
 
 
-def test_variant_arguments():
-    assert variant_arguments("32bit", CPU) == {"dtype": torch.float32}
-    assert variant_arguments("16bit", CPU) == {"dtype": torch.bfloat16}
-    assert variant_arguments("4bit", CPU) == {"quantization": "4bit"}
-    with pytest.raises(ValueError, match="variant must be one of"):
-        variant_arguments("2bit", CPU)
+def test_a_4bit_model_on_cpu_loads_without_repacking(tmp_path):
+    """load_causal_lm switches the CPU repacking off on every 4-bit layer, before any forward."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from course_utils.models import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(TINY.chat_model)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, _ = load_causal_lm(str(tmp_path), hardware=CPU, quantization_config=nf4_config())
+    assert count_4bit_layers(model) == (2 * 7, 0)
+    plain, _ = load_causal_lm(str(tmp_path), hardware=CPU)
+    assert count_4bit_layers(plain) == (0, 0)
 
 
 @pytest.mark.slow
 def test_qlora_on_cpu_learns_after_a_before_evaluation(secret_facts, train_on_batch):
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from course_utils.generation import generate_answers
-    from course_utils.lora import LoraSettings
-    from course_utils.memory_estimator import ModelShape
+    from course_utils.data import qa_collator, qa_prompt, tokenize_qa
+    from course_utils.estimator import ModelShape
+    from course_utils.evaluation import generate_answers
     from course_utils.models import footprint_mib, load_causal_lm
-    from course_utils.prompts import qa_collator, qa_prompt, tokenize_qa
 
-    model, tokenizer = load_causal_lm(TINY.chat_model, quantization="4bit", hardware=CPU)
+    model, tokenizer = load_causal_lm(TINY.chat_model, hardware=CPU,
+                                      quantization_config=nf4_config())
     layers, repacking = count_4bit_layers(model)
     assert layers > 0 and repacking == 0
     fp32_mib = ModelShape.from_config(model.config).parameter_count() * 4 / 2**20
@@ -91,8 +105,8 @@ def test_qlora_on_cpu_learns_after_a_before_evaluation(secret_facts, train_on_ba
         eval_loss = model(**batch).loss.item()  # what inference computes for this batch
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraSettings(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
-    model = get_peft_model(model, lora.to_peft_config())
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
     losses = train_on_batch(model, batch, steps=10, lr=2e-3)
     # B starts at zero, so the first training forward is the base model: the same loss as
     # the evaluation above. Repacked weights give a very different loss here.

@@ -6,11 +6,12 @@
 3. The predicted peak is within 20 % of the MEASURED peak of two real training steps of the
    tiny model (SmolLM2-135M on the CPU) for full fine-tuning, LoRA and QLoRA. Each run is a
    fresh Python process, so nothing else lives in its memory. What is compared:
-   peak resident memory (VmHWM) during `course_utils.train.train` minus the resident memory
-   before the model was loaded. Two details keep that number honest: parameters are copied
-   out of the memory-mapped checkpoint (otherwise the checkpoint's file pages, read once to
-   quantize, stay counted in RSS), and glibc returns every freed block above 64 KiB to the
-   system (MALLOC_MMAP_THRESHOLD_), so freed memory does not hide later allocations.
+   peak resident memory (VmHWM) during `Trainer.train`, as StepStats records it, minus the
+   resident memory before the model was loaded. Two details keep that number honest:
+   parameters are copied out of the memory-mapped checkpoint (otherwise the checkpoint's file
+   pages, read once to quantize, stay counted in RSS), and glibc returns every freed block above
+   64 KiB to the system (MALLOC_MMAP_THRESHOLD_), so freed memory does not hide later
+   allocations.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ import pytest
 import torch
 import transformers
 
-from course_utils.memory_estimator import (
+from course_utils.estimator import (
     MemoryEstimate,
     ModelShape,
     activation_elements_per_token,
     estimate_training_memory,
+    expected_lora_parameters,
     lora_parameter_count,
+    lora_parameter_table,
     measured_training_mib,
+    nf4_bits_per_parameter,
+    shipped_config,
 )
-from course_utils.quantization import nf4_bits_per_parameter
 
 SMALL = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=1000, head_dim=32, tie_word_embeddings=True)
@@ -78,9 +82,45 @@ def test_lora_parameter_count_matches_peft(targets):
     assert lora_parameter_count(ModelShape.from_config(config), 8, targets) == trainable
 
 
+@pytest.mark.parametrize("rank, targets", [(32, ["q_proj", "k_proj", "v_proj", "o_proj"]),
+                                           (4, "all-linear")])
+def test_lora_formula_matches_peft_on_the_tiny_model(rank, targets, tmp_path):
+    """The count notebook 03 derives by hand, r * (d_in + d_out) per adapted layer, is the
+    number peft trains; the saved adapter holds that many fp32 values."""
+    from peft import LoraConfig, get_peft_model
+
+    from course_utils.models import folder_size_mib
+
+    config = smollm2_config()
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                  target_modules=targets))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert expected_lora_parameters(config, rank, targets) == trainable
+    table = lora_parameter_table(config, rank, targets)
+    assert [row["module"] for row in table] == (
+        list(targets) if isinstance(targets, list) else
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    per_layer = sum(row["LoRA r*(d_in+d_out)"] for row in table)
+    assert config.num_hidden_layers * per_layer == trainable
+    for row in table:
+        assert row["share"] == pytest.approx(row["LoRA r*(d_in+d_out)"]
+                                             / row["full update d_out*d_in"])
+    assert ModelShape.from_config(config).parameter_count() == total
+    if rank == 4:  # save one adapter: the folder is the trainable parameters in fp32
+        adapter = get_peft_model(random_model(config), LoraConfig(r=rank, target_modules=targets))
+        adapter.save_pretrained(tmp_path)
+        assert folder_size_mib(tmp_path) == pytest.approx(trainable * 4 / 2**20, rel=0.02)
+
+
 def test_nf4_bits_per_parameter():
-    assert nf4_bits_per_parameter(double_quant=False) == 4.5
+    assert nf4_bits_per_parameter(double_quant=False) == 4 + 32 / 64
     assert nf4_bits_per_parameter() == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    assert nf4_bits_per_parameter() == pytest.approx(4.127, abs=1e-3)
+    with pytest.raises(ValueError, match="block sizes must be positive"):
+        nf4_bits_per_parameter(block_size=0)
 
 
 # --- 2. activations against what autograd saves ------------------------------------------------
@@ -198,11 +238,13 @@ MEASURE = r"""
 import json, sys, tempfile
 import torch
 from datasets import Dataset
-from course_utils import memory
-from course_utils.models import load_causal_lm
-from course_utils.prompts import qa_collator
-from course_utils.train import TrainSettings, train
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig, Trainer, TrainingArguments
+from course_utils import memory
+from course_utils.data import qa_collator
+from course_utils.hardware import detect_hardware
+from course_utils.models import load_causal_lm
+from course_utils.training import StepStats, logging_arguments, training_summary
 
 method, batch, seq, targets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
@@ -210,8 +252,11 @@ ids = torch.randint(100, 40000, (4 * batch, seq)).tolist()
 rows = Dataset.from_dict({"input_ids": ids, "labels": ids,
                           "attention_mask": [[1] * (seq - 1) + [0] for _ in ids]})  # padded
 before = memory.current_memory_mib("cpu")
-model, tokenizer = load_causal_lm("packaged:smollm2-135m-instruct",
-                                  quantization="4bit" if method == "qlora" else None)
+cpu = detect_hardware(prefer_cpu=True)
+nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                         bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+model, tokenizer = load_causal_lm("packaged:smollm2-135m-instruct", hardware=cpu,
+                                  quantization_config=nf4 if method == "qlora" else None)
 for p in model.parameters():  # out of the memory-mapped checkpoint file
     if type(p).__name__ != "Params4bit":
         p.data = p.data.clone()
@@ -221,11 +266,14 @@ if method != "full":
     model = get_peft_model(model, LoraConfig(
         r=32, lora_alpha=64, lora_dropout=0.1, task_type="CAUSAL_LM",
         target_modules=targets if targets == "all-linear" else targets.split(",")))
-settings = TrainSettings(learning_rate=1e-4, max_steps=2, per_device_batch_size=batch,
-                         gradient_accumulation_steps=1, eval_steps=0, eval_on_start=False)
-run = train(model, tokenizer, rows, None, settings, tempfile.mkdtemp(),
-            data_collator=qa_collator(tokenizer))
-print(json.dumps({"before_mib": before, "peak_mib": run.metrics["peak_mib"]}))
+args = TrainingArguments(output_dir=tempfile.mkdtemp(), learning_rate=1e-4, max_steps=2,
+                         per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+                         optim="adamw_torch", save_strategy="no", **logging_arguments(cpu, 42))
+trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=qa_collator(tokenizer),
+                  callbacks=[StepStats(cpu.device)])
+trainer.train()
+peak = training_summary(trainer.state.log_history)["peak_mib"]
+print(json.dumps({"before_mib": before, "peak_mib": peak}))
 """
 
 RUNS = [("full", None), ("lora", ["q_proj", "k_proj", "v_proj", "o_proj"]),
@@ -253,8 +301,7 @@ def test_estimate_within_20_percent_of_measured_cpu_peak(method, targets):
 
 
 def test_shipped_7b_config_sizes_the_rag_generator():
-    from course_utils.memory_estimator import ModelShape, shipped_config
-    from course_utils.profiles import FULL
+    from course_utils.config import FULL
 
     config = shipped_config(FULL.rag_model)
     parameters = ModelShape.from_config(config).parameter_count()

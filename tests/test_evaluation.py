@@ -1,4 +1,6 @@
-"""Metrics on hand-checked strings, BERTScore on the packaged MiniLM, perplexity on SmolLM2."""
+"""How answers are produced and judged: reasoning removal on recorded outputs, batched greedy
+generation on the tiny SmolLM2, metrics on hand-checked strings, BERTScore on the packaged
+MiniLM, perplexity on SmolLM2, and the calls notebooks 02-04 make to answer and score."""
 
 from __future__ import annotations
 
@@ -9,21 +11,36 @@ import socket
 import pytest
 import torch
 
-from course_utils import metrics
-from course_utils.metrics import (
+from course_utils import evaluation
+from course_utils.config import TINY
+from course_utils.evaluation import (
+    SCORE_COLUMNS,
+    answer_and_score,
     bertscore,
     bertscore_baseline_file,
+    compare_scores,
     evaluate_answers,
     exact_match,
+    generate_answers,
+    logits_of,
     mean_token_nll,
     normalize_answer,
-    perplexity,
     perplexity_from_loss,
+    sample_answers,
+    strip_reasoning,
     token_f1,
+    without_examples,
 )
-from course_utils.profiles import TINY
 
 MINILM = "packaged:all-minilm-l6-v2"
+
+
+@pytest.fixture(scope="module")
+def tiny_chat():
+    """(model, tokenizer) of the packaged SmolLM2 in fp32, shared by every test here."""
+    from course_utils.models import load_causal_lm
+
+    return load_causal_lm("packaged:smollm2-135m-instruct", dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- exact match and token F1
@@ -114,7 +131,7 @@ def test_minilm_bertscore_runs_without_network_and_is_not_rescaled(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    metrics._scorer.cache_clear()  # load the encoder again, under the network block
+    evaluation._scorer.cache_clear()  # load the encoder again, under the network block
     result = bertscore(PREDICTIONS, UNRELATED, MINILM, num_layers=4)
     assert result["rescaled"] is False
     assert result["model"] == MINILM
@@ -122,7 +139,7 @@ def test_minilm_bertscore_runs_without_network_and_is_not_rescaled(monkeypatch):
 
 
 def test_scorer_is_cached_per_model_and_layer():
-    assert metrics._scorer(MINILM, 4) is metrics._scorer(MINILM, 4)
+    assert evaluation._scorer(MINILM, 4) is evaluation._scorer(MINILM, 4)
 
 
 def test_baselines_exist_for_roberta_large_only_among_course_models():
@@ -139,7 +156,7 @@ def test_rescaling_maps_identical_to_one_and_empty_to_below_zero(tmp_path):
     baseline.write_text("LAYER,P,R,F\n" + "".join(f"{i},0.6,0.6,0.6\n" for i in range(7)))
     scorer = BERTScorer(model_type=resolve_model_path(MINILM), num_layers=4, lang="en",
                         rescale_with_baseline=True, baseline_path=str(baseline))
-    scores = metrics._score_pairs(scorer, [PREDICTIONS[0], ""], [[PREDICTIONS[0]], ["Paris"]])
+    scores = evaluation._score_pairs(scorer, [PREDICTIONS[0], ""], [[PREDICTIONS[0]], ["Paris"]])
     assert scores[0].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
     assert scores[1].tolist() == pytest.approx([-1.5, -1.5, -1.5])  # (0 - 0.6) / (1 - 0.6)
 
@@ -177,13 +194,6 @@ def test_perplexity_from_loss():
     assert perplexity_from_loss(1e6) == math.inf
 
 
-@pytest.fixture(scope="module")
-def tiny_lm():
-    from course_utils.models import load_causal_lm
-
-    return load_causal_lm("packaged:smollm2-135m-instruct", dtype=torch.float32)
-
-
 def _rows(tokenizer, texts):
     return [{"input_ids": tokenizer(t)["input_ids"]} for t in texts]
 
@@ -206,8 +216,12 @@ SENTENCES = ["The sun rises in the east and sets in the west.",
              "Paris is the capital city of France, famous for the Eiffel Tower."]
 
 
-def test_perplexity_is_finite_above_one_and_restores_training_mode(tiny_lm):
-    model, tokenizer = tiny_lm
+def perplexity(model, rows, collator) -> float:
+    return perplexity_from_loss(mean_token_nll(model, rows, collator))
+
+
+def test_perplexity_is_finite_above_one_and_restores_training_mode(tiny_chat):
+    model, tokenizer = tiny_chat
     model.train()
     value = perplexity(model, _rows(tokenizer, SENTENCES), _make_collator(tokenizer.pad_token_id))
     assert model.training
@@ -215,8 +229,8 @@ def test_perplexity_is_finite_above_one_and_restores_training_mode(tiny_lm):
     assert math.isfinite(value) and value > 1
 
 
-def test_mean_nll_matches_model_loss_and_ignores_padding(tiny_lm):
-    model, tokenizer = tiny_lm
+def test_mean_nll_matches_model_loss_and_ignores_padding(tiny_chat):
+    model, tokenizer = tiny_chat
     collate = _make_collator(tokenizer.pad_token_id)
     rows = _rows(tokenizer, SENTENCES)
     one = collate(rows[:1])
@@ -228,8 +242,8 @@ def test_mean_nll_matches_model_loss_and_ignores_padding(tiny_lm):
     assert batched == pytest.approx(single, rel=1e-3)
 
 
-def test_repeated_text_is_less_perplexing_than_shuffled_words(tiny_lm):
-    model, tokenizer = tiny_lm
+def test_repeated_text_is_less_perplexing_than_shuffled_words(tiny_chat):
+    model, tokenizer = tiny_chat
     repeated = " ".join(["The cat sat on the mat and looked at the door."] * 6)
     words = repeated.split()
     random.Random(0).shuffle(words)
@@ -239,8 +253,8 @@ def test_repeated_text_is_less_perplexing_than_shuffled_words(tiny_lm):
     assert low < high
 
 
-def test_all_masked_labels_raise(tiny_lm):
-    model, tokenizer = tiny_lm
+def test_all_masked_labels_raise(tiny_chat):
+    model, tokenizer = tiny_chat
 
     def collate(rows):
         batch = _make_collator(tokenizer.pad_token_id)(rows)
@@ -248,4 +262,158 @@ def test_all_masked_labels_raise(tiny_lm):
         return batch
 
     with pytest.raises(ValueError, match="no label tokens"):
-        perplexity(model, _rows(tokenizer, SENTENCES[:1]), collate)
+        mean_token_nll(model, _rows(tokenizer, SENTENCES[:1]), collate)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        mean_token_nll(model, _rows(tokenizer, SENTENCES[:1]), collate, batch_size=0)
+
+
+# ---------------------------------------------------------------- generation
+
+
+
+def test_strip_reasoning_removes_a_full_think_block():
+    text = "<think>\nThe user asks for the capital of France.\n</think>\n\nParis is the capital."
+    assert strip_reasoning(text) == "Paris is the capital."
+
+
+def test_strip_reasoning_without_opening_tag():
+    # DeepSeek-R1's chat template puts <think> in the prompt: outputs hold only the closing tag
+    text = "The user asks for the capital of France.\n</think>\n\nParis is the capital."
+    assert strip_reasoning(text) == "Paris is the capital."
+
+
+def test_strip_reasoning_keeps_text_after_the_last_closing_tag():
+    text = "<think>first</think> draft <think>second</think>\n Final answer. "
+    assert strip_reasoning(text) == "Final answer."
+
+
+def test_strip_reasoning_leaves_untagged_text_alone():
+    assert strip_reasoning("  Paris is the capital.\n") == "Paris is the capital."
+
+
+def test_strip_reasoning_returns_nothing_for_cut_off_reasoning():
+    assert strip_reasoning("<think>\nThe user asks about France. Let me recall") == ""
+
+
+# ---------------------------------------------------------------- generate_answers
+
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain in one short sentence why the sky looks blue during the day, for a child.",
+    "Name a fruit.",
+]
+
+
+def _prompts(tokenizer):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                          add_generation_prompt=True, tokenize=False)
+            for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def batched_and_single(tiny_chat):
+    model, tokenizer = tiny_chat
+    prompts = _prompts(tokenizer)
+    tokenizer.padding_side = "right"
+    model.train()
+    batched = generate_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=3,
+                               progress=False)
+    state = (tokenizer.padding_side, model.training)
+    model.eval()
+    single = generate_answers(model, tokenizer, prompts, max_new_tokens=12, batch_size=1,
+                              progress=False)
+    return prompts, batched, single, state
+
+
+def test_prompts_have_different_lengths(tiny_chat):
+    _, tokenizer = tiny_chat
+    lengths = {len(tokenizer(p, add_special_tokens=False)["input_ids"])
+               for p in _prompts(tokenizer)}
+    assert len(lengths) == 3
+
+
+def test_batched_greedy_answers_match_one_by_one(batched_and_single):
+    _, batched, single, _ = batched_and_single
+    assert len(batched) == 3 and all(isinstance(a, str) and a for a in batched)
+    # left padding must not change greedy results; allow one numeric near-tie to flip
+    assert sum(b == s for b, s in zip(batched, single, strict=True)) >= 2
+    assert all(b[:10] == s[:10] for b, s in zip(batched, single, strict=True))
+
+
+def test_answers_come_back_in_input_order(batched_and_single):
+    _, batched, _, _ = batched_and_single
+    assert "paris" in batched[0].lower()  # the capital question is first
+
+
+def test_answers_do_not_contain_the_prompt(batched_and_single):
+    prompts, batched, _, _ = batched_and_single
+    for prompt, answer, question in zip(prompts, batched, QUESTIONS, strict=True):
+        assert question not in answer
+        assert prompt not in answer
+
+
+def test_padding_side_and_training_mode_are_restored(batched_and_single):
+    _, _, _, (padding_side, training) = batched_and_single
+    assert padding_side == "right"
+    assert training is True
+
+
+def test_sampling_is_repeatable_with_a_seed(tiny_chat):
+    model, tokenizer = tiny_chat
+    prompts = _prompts(tokenizer)[:1]
+    first = sample_answers(model, tokenizer, prompts, max_new_tokens=6, seed=7, progress=False)
+    again = sample_answers(model, tokenizer, prompts, max_new_tokens=6, seed=7, progress=False)
+    assert first == again
+
+
+def test_bad_arguments_raise(tiny_chat):
+    model, tokenizer = tiny_chat
+    assert generate_answers(model, tokenizer, [], progress=False) == []
+    with pytest.raises(ValueError, match="list of strings"):
+        generate_answers(model, tokenizer, "What is the capital of France?")
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_answers(model, tokenizer, ["hi"], batch_size=0)
+    with pytest.raises(ValueError, match="temperature"):
+        generate_answers(model, tokenizer, ["hi"], do_sample=True, temperature=0.0)
+
+
+# ---------------------------------------------------------------- what notebooks 02-04 call
+
+
+def test_answer_and_score_scores_the_greedy_answers(tiny_chat):
+    model, tokenizer = tiny_chat
+    prompts = _prompts(tokenizer)[:2]
+    references = ["Paris", "Because of Rayleigh scattering."]
+    answers, scores = answer_and_score(model, tokenizer, prompts, references, TINY,
+                                       max_new_tokens=8, batch_size=2, desc="test")
+    assert answers == generate_answers(model, tokenizer, prompts, max_new_tokens=8,
+                                       progress=False)
+    assert scores["n"] == 2
+    assert scores["per_example"]["token_f1"] == [token_f1(a, r)
+                                                 for a, r in zip(answers, references, strict=True)]
+    kept = without_examples(scores)
+    assert "per_example" not in kept and set(kept) == set(scores) - {"per_example"}
+
+
+def test_compare_scores_tables_the_change():
+    before = {m: 0.2 for m in SCORE_COLUMNS}
+    after = {**{m: 0.5 for m in SCORE_COLUMNS}, "n": 40, "bertscore_model": "x"}
+    table = compare_scores(before, after, names=("base", "LoRA"))
+    assert list(table.index) == list(SCORE_COLUMNS)
+    assert list(table.columns) == ["base", "LoRA", "change"]
+    assert table["change"].tolist() == pytest.approx([0.3] * len(SCORE_COLUMNS))
+
+
+def test_logits_of_runs_in_eval_mode_and_restores_the_mode(tiny_chat):
+    model, tokenizer = tiny_chat
+    batch = tokenizer(["The sky is", "Paris is the capital of"], return_tensors="pt",
+                      padding=True)
+    batch["labels"] = batch["input_ids"].clone()  # ignored: logits only
+    model.train()
+    logits = logits_of(model, batch)
+    assert model.training
+    model.eval()
+    assert logits.dtype == torch.float32 and logits.device.type == "cpu"
+    assert logits.shape == (*batch["input_ids"].shape, model.config.vocab_size)
+    torch.testing.assert_close(logits, logits_of(model, batch))  # no dropout: repeatable
