@@ -401,11 +401,6 @@ def evaluate_answers(predictions: Sequence[str], references: Sequence[Reference]
 # ---------------------------------------------------------------- answering the test split
 
 
-def without_examples(scores: dict) -> dict:
-    """evaluate_answers' scores without the per-example lists (what results files keep)."""
-    return {k: v for k, v in scores.items() if k != "per_example"}
-
-
 def answer_and_score(model, tokenizer, prompts: Sequence[str], references: Sequence[Reference],
                      profile: Profile, max_new_tokens: int, batch_size: int = 8,
                      desc: str = "Generating") -> tuple[list[str], dict]:
