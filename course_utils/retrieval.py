@@ -1,4 +1,4 @@
-"""Dense retrieval: sentence embeddings in a FAISS index, saved together with its passages.
+"""Which passages answer a question? Sentence embeddings in a FAISS index, saved with them.
 
 Passages and queries are embedded with a sentence-transformers model and normalized to unit
 length, so the inner product FAISS computes IS the cosine similarity (in [-1, 1]). The index is

@@ -142,3 +142,14 @@ def test_installed_versions_match_the_lock(name):
     assert installed == _lock()[name], (
         f"{name} {installed} is installed but the lock says {_lock()[name]}: "
         f"reinstall with `make setup` or update the lock with `make lock`")
+
+
+def test_readme_layout_lists_every_module_with_the_question_it_answers():
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+\.py)` \| (.+?) \|$", readme, re.MULTILINE))
+    modules = sorted(p for p in (ROOT / "course_utils").glob("*.py") if p.name != "__init__.py")
+    assert sorted(rows) == [p.name for p in modules], "README's layout table and course_utils differ"
+    for path in modules:
+        first_line = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
+        assert "?" in first_line, f"{path.name}'s docstring should open with its question"
+        assert rows[path.name].startswith(first_line.split("?")[0]), (path.name, rows[path.name])
