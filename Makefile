@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
 PROFILE ?= tiny
 RUN_DIR ?=
-# Offline by design: the tiny profile and the tests never reach a model hub.
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Offline by design: the tiny profile and the tests never reach a model hub (other profiles
+# download their models and data, so `make run PROFILE=full` is not forced offline).
+HUB_OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+OFFLINE := $(HUB_OFFLINE) TOKENIZERS_PARALLELISM=false
 TEST_RESULTS := $(CURDIR)/build/test-results
 TEST_ENV := COURSE_PROFILE=tiny MPLBACKEND=Agg $(OFFLINE)
 
@@ -31,7 +33,8 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 	touch $@
 
 run: setup
-	COURSE_PROFILE=$(PROFILE) $(OFFLINE) $(BIN)/python -m course_tools run --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
+	COURSE_PROFILE=$(PROFILE) $(if $(filter tiny,$(PROFILE)),$(HUB_OFFLINE),) TOKENIZERS_PARALLELISM=false \
+		$(BIN)/python -m course_tools run --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
 # Two explicit stages, so that nothing depends on the order pytest collects tests in.
 # Stage 1: every notebook under nbval; each writes its record to $(TEST_RESULTS)/tiny/.

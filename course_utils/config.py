@@ -395,6 +395,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def _profile_origin(requested: str | None, device: str) -> str:
+    """Why this profile: said when nobody named it, so that "auto" never decides silently."""
+    if (requested or "auto").strip().lower() != "auto":
+        return ""
+    if os.environ.get(PROFILE_ENV_VAR, "").strip():
+        return f", from the environment variable {PROFILE_ENV_VAR}"
+    if device == "cuda":
+        return ", chosen automatically: a CUDA GPU is here"
+    return (", chosen automatically: no CUDA GPU here (set PROFILE = \"full\" to run the "
+            "GPU course anyway)")
+
+
 @dataclass
 class NotebookContext:
     name: str                                 # notebook file stem, e.g. "03_lora"
@@ -431,7 +443,8 @@ def setup_notebook(name: str, requested_profile: str = "auto", seed: int | None 
     if verbose:
         versions = library_versions()
         print("Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-        print(f"Profile: {profile.name}" + (" (offline, packaged models)" if profile.offline else ""))
+        print(f"Profile: {profile.name}" + (" (offline, packaged models)" if profile.offline else "")
+              + _profile_origin(requested_profile, hardware.device))
         print(f"Hardware: {hardware.describe()}")
     context = NotebookContext(name=name, profile=profile, hardware=hardware)
     if not resume and context.run_dir.exists():

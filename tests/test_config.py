@@ -345,3 +345,16 @@ def test_setup_on_a_t4_reports_it(monkeypatch, capsys):
     assert ctx.profile.name == "full", "a CUDA machine defaults to the full profile"
     assert ctx.hardware.fp16 and not ctx.hardware.bf16
     assert "Tesla T4 | device=cuda | dtype=float16" in capsys.readouterr().out
+
+
+def test_setup_says_why_auto_chose_the_profile(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    setup_notebook("x", "auto")
+    assert "Profile: tiny (offline, packaged models), chosen automatically: no CUDA GPU here" \
+        in capsys.readouterr().out
+    monkeypatch.setenv("COURSE_PROFILE", "tiny")
+    setup_notebook("x", "auto")
+    assert "from the environment variable COURSE_PROFILE" in capsys.readouterr().out
+    setup_notebook("x", "tiny")
+    assert "chosen automatically" not in capsys.readouterr().out

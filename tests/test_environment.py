@@ -153,3 +153,13 @@ def test_readme_layout_lists_every_module_with_the_question_it_answers():
         first_line = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
         assert "?" in first_line, f"{path.name}'s docstring should open with its question"
         assert rows[path.name].startswith(first_line.split("?")[0]), (path.name, rows[path.name])
+
+
+@pytest.mark.parametrize("profile, offline", [("tiny", True), ("full", False)])
+def test_make_run_is_offline_for_tiny_only(profile, offline):
+    import subprocess
+
+    dry_run = subprocess.run(["make", "-n", "run", f"PROFILE={profile}"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    command = next(line for line in dry_run.splitlines() if f"COURSE_PROFILE={profile}" in line)
+    assert ("HF_HUB_OFFLINE=1" in command) is offline, command
