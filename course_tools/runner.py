@@ -191,16 +191,6 @@ def summary_data(report: RunReport) -> dict:
     }
 
 
-def kernel_results_dir(profile: str, notebooks_dir: Path) -> Path:
-    """results/<profile>/ as the kernels see it: they start in the notebooks' folder."""
-    here = Path.cwd()
-    os.chdir(notebooks_dir)
-    try:
-        return results_dir(profile).resolve()
-    finally:
-        os.chdir(here)
-
-
 def run_course(profile: str = "tiny", only: list[str] | None = None,
                notebooks_dir: Path | None = None, run_dir: Path | None = None,
                progress: bool = True) -> RunReport:
@@ -227,7 +217,7 @@ def run_course(profile: str = "tiny", only: list[str] | None = None,
         report.runs.append(NotebookRun(notebook.name, seconds, run_dir / notebook.name, started))
         print(f"    done in {seconds:.0f} s", flush=True)
 
-    report.results = read_results(kernel_results_dir(profile, notebooks_dir),
+    report.results = read_results(results_dir(profile, start=notebooks_dir),
                                   [Path(r.notebook).stem for r in report.runs], profile,
                                   not_before={Path(r.notebook).stem: r.started
                                               for r in report.runs})

@@ -359,13 +359,16 @@ def cache_dir() -> Path:
     return folder
 
 
-def results_dir(profile_name: str) -> Path:
+def results_dir(profile_name: str, start: Path | None = None) -> Path:
     """results/<profile>/ in the checkout (or the current folder outside one).
 
-    $COURSE_RESULTS_DIR replaces the `results` folder.
+    $COURSE_RESULTS_DIR replaces the `results` folder. start: the folder the lookup starts
+    from instead of the current one (a relative $COURSE_RESULTS_DIR is relative to it too);
+    the runner passes the notebooks' folder, where the kernels start.
     """
+    here = Path(start or Path.cwd()).resolve()
     base = os.environ.get(RESULTS_ENV_VAR)
-    root = Path(base) if base else (project_root() or Path.cwd()) / "results"
+    root = here / base if base else (project_root(here) or here) / "results"
     folder = root / profile_name
     folder.mkdir(parents=True, exist_ok=True)
     return folder

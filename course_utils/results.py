@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from course_utils.config import library_versions, results_dir
+from course_utils.evaluation import SCORE_COLUMNS
 
 SCHEMA_VERSION = 2
 
@@ -318,7 +319,7 @@ def load_record(notebook: str, profile_name: str, kind: type[Record] | None = No
 FINETUNE_NOTEBOOKS = ("02_full_finetuning", "03_lora", "04_qlora")
 RAG_NOTEBOOK = "05_rag"
 BASE_ROW = "base model"
-QUALITY = ("exact_match", "token_f1", "bertscore_precision", "bertscore_recall", "bertscore_f1")
+QUALITY = SCORE_COLUMNS  # the answer-quality columns, named as evaluate_answers names them
 COST = ("trainable_parameters", "trainable_share", "training_mib", "predicted_mib", "model_mib",
         "seconds_per_step", "tokens_per_second")
 COLUMN_LABELS = {
