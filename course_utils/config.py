@@ -138,12 +138,15 @@ def get_profile(requested: str | Profile | None = "auto") -> Profile:
 # (TrainingArguments, LoraConfig, generate).
 
 _QA_TRAINING_FULL = {   # notebooks 02-04 in `full`: the three methods see the same batches
-    "max_steps": (125, "one epoch: 2000 training rows / (2 rows x 8 accumulation)"),
-    "per_device_train_batch_size": (2, "2 rows of up to 512 tokens fit a T4 with fp32 weights"),
-    "gradient_accumulation_steps": (8, "the original course's effective batch of 16 rows"),
+    "max_steps": (125, "one epoch: 2000 training rows / (1 row x 16 accumulation)"),
+    "per_device_train_batch_size": (1, "full fine-tuning of Qwen3-0.6B on a T4: 2 rows of 512 "
+                                       "tokens are planned above the 10 % headroom "
+                                       "(python -m course_utils plan --gpu t4)"),
+    "gradient_accumulation_steps": (16, "the original course's effective batch of 16 rows"),
     "warmup_steps": (0.05, "a share below 1: the first 5 % of the steps warm the rate up"),
     "eval_steps": (25, "five points on the evaluation-loss curve"),
-    "per_device_eval_batch_size": (8, "evaluation keeps no gradients: a larger batch fits"),
+    "per_device_eval_batch_size": (2, "the loss upcasts 152k-wide logits to fp32: 8 rows of 512 "
+                                      "tokens would hold ~5.8 GiB of them"),
     "save_steps": (50, "a checkpoint every ~40 minutes on a T4, to survive a lost session"),
     "save_total_limit": (1, "a full checkpoint of Qwen3-0.6B with AdamW states is ~7 GB"),
 }
@@ -448,7 +451,7 @@ def setup_notebook(name: str, requested_profile: str = "auto", seed: int | None 
         print("Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
         print(f"Profile: {profile.name}" + (" (offline, packaged models)" if profile.offline else "")
               + _profile_origin(requested_profile, hardware.device))
-        print(f"Hardware: {hardware.describe()}")
+        print(f"Hardware: {hardware.describe()}\n{hardware.precision_summary()}")
     context = NotebookContext(name=name, profile=profile, hardware=hardware)
     if not resume and context.run_dir.exists():
         shutil.rmtree(context.run_dir)

@@ -13,12 +13,25 @@ Training memory has five parts, each computed from the model config:
 
 Activations are counted from first principles: for each operation of a Llama/Qwen decoder layer,
 which tensors autograd keeps (tests/test_estimator.py checks the count against the
-bytes autograd actually saves). Activations and gradients never peak together: gradients
-fill up while the backward pass frees activations, and peak in the optimizer step, which
-also makes scratch copies ("step scratch"). So
+bytes autograd actually saves). Two more parts live only while activations do:
+
+- autocast copies: mixed precision with fp32 weights (Trainer `bf16=True`/`fp16=True`) casts
+  every weight a matmul uses to 16 bits, and autograd keeps those copies for the backward pass
+  (2 bytes per linear-layer weight);
+- accumulated gradients: with one optimizer step per pass the gradients fill up only while the
+  backward pass frees activations, and peak in the optimizer step, which also makes scratch
+  copies ("step scratch"). With gradient accumulation the gradients of the earlier passes are
+  still there while the next pass builds its activations.
+
+So
 
     peak = weights + optimizer states + overhead
-           + max(activations + logits, gradients + step scratch)
+           + max(activations + logits + autocast copies [+ gradients when accumulating],
+                 gradients + step scratch)
+
+Inference (an evaluation loss, or `generate`) is estimated by `estimate_inference_memory`:
+weights, the key/value cache, one layer's temporaries and the logits (all positions in fp32
+for a loss; the last position only for `generate`, which asks the model for no more).
 
 What is approximate, and why:
 - overhead: temporaries (matmul workspaces, attention buffers) and allocator slack, a share of
@@ -28,7 +41,10 @@ What is approximate, and why:
   tensors at once (`foreach`) with one temporary copy of every state;
 - mixed precision: tensors that are fp32 inside a bf16 run (norms upcast by
   `prepare_model_for_kbit_training`, autocast copies) are counted in the compute dtype;
-- only Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, SmolLM2) are modelled.
+- only Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, SmolLM2) are modelled exactly;
+  GPT-2 (DistilGPT2 of notebook 01) is sized with the same counts adapted to its plain MLP and
+  learned positions, without its dropout masks: a rough figure for a model far below any GPU's
+  memory.
 """
 
 from __future__ import annotations
@@ -41,7 +57,7 @@ MIB = 2**20
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw_8bit", "sgd")
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 # bytes of one optimizer state value per trainable parameter (two states for AdamW)
 _STATE_BYTES = {"adamw": None, "adamw_8bit": 1.0, "sgd": 0.0}   # None: the parameter's dtype
 # overhead as a share of everything else: fitted to CPU runs of SmolLM2 (see module docstring);
@@ -93,14 +109,23 @@ class ModelShape:
     tie_word_embeddings: bool        # output layer shares the embedding matrix
     attention_bias: bool = False     # q/k/v projections have biases (Qwen2)
     qk_norm: bool = False            # RMSNorm on each query and key head (Qwen3)
+    gated_mlp: bool = True           # SiLU(gate) * up (Llama family); False: GELU(fc) (GPT-2)
+    learned_positions: int = 0       # rows of a learned position embedding (GPT-2: 1024)
+    biases: bool = False             # every linear layer and norm has a bias (GPT-2)
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
         model_type = getattr(config, "model_type", None)
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"the estimator models Llama-family decoders "
+            raise ValueError(f"the estimator models Llama-family decoders and GPT-2 "
                              f"{SUPPORTED_MODEL_TYPES}, got model_type={model_type!r}")
         heads = config.num_attention_heads
+        if model_type == "gpt2":
+            return cls(hidden_size=config.n_embd, num_layers=config.n_layer,
+                       intermediate_size=config.n_inner or 4 * config.n_embd,
+                       vocab_size=config.vocab_size, num_heads=heads, num_kv_heads=heads,
+                       head_dim=config.n_embd // heads, tie_word_embeddings=True,
+                       gated_mlp=False, learned_positions=config.n_positions, biases=True)
         return cls(
             hidden_size=config.hidden_size,
             num_layers=config.num_hidden_layers,
@@ -125,9 +150,12 @@ class ModelShape:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear layer in one decoder layer."""
         h, i = self.hidden_size, self.intermediate_size
-        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim),
-                "v_proj": (h, self.kv_dim), "o_proj": (self.q_dim, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        shapes = {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim),
+                  "v_proj": (h, self.kv_dim), "o_proj": (self.q_dim, h),
+                  "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        if not self.gated_mlp:
+            del shapes["gate_proj"]
+        return shapes
 
     def linear_parameters(self) -> int:
         """Weights of all decoder linear layers: the part QLoRA stores in 4 bits."""
@@ -141,8 +169,13 @@ class ModelShape:
             per_layer_other += self.q_dim + 2 * self.kv_dim
         if self.qk_norm:
             per_layer_other += 2 * self.head_dim
+        final_norm = h
+        if self.biases:                                           # GPT-2: every layer has one
+            per_layer_other += 2 * h + sum(d_out for _, d_out in self.linear_shapes().values())
+            final_norm = 2 * h
         embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return embeddings + self.linear_parameters() + L * per_layer_other + h  # + final norm
+        embeddings += self.learned_positions * h
+        return embeddings + self.linear_parameters() + L * per_layer_other + final_norm
 
 
 def resolve_lora_targets(targets) -> tuple[str, ...]:
@@ -207,7 +240,10 @@ def activation_elements_per_token(shape: ModelShape, method: str, lora_rank: int
     if method == "full":
         if shape.qk_norm:
             attention += shape.q_dim + shape.kv_dim            # normalized heads
-        return 4 * h + h + attention + h + 4 * i
+        # GPT-2's tanh-approximated GELU is written as five elementwise operations, each
+        # keeping its input: about 6 i in all with the fc output (not checked against autograd)
+        mlp = 4 * i if shape.gated_mlp else 6 * i
+        return 4 * h + h + attention + h + mlp
     targets = resolve_lora_targets(lora_targets)
     shapes = shape.linear_shapes()
     mlp = 3 * i
@@ -236,13 +272,20 @@ class MemoryEstimate:
     overhead_mib: float           # other temporaries and allocator slack (fitted share)
     trainable_parameters: int     # parameters the optimizer updates
     total_parameters: int         # parameters of the base model (adapters not included)
+    autocast_mib: float = 0.0     # 16-bit copies of fp32 weights kept for backward (mixed precision)
+    accumulating: bool = False    # gradient accumulation: gradients coexist with activations
+
+    @property
+    def forward_mib(self) -> float:
+        """What the end of a forward pass holds besides weights and optimizer states."""
+        held = self.activations_mib + self.logits_mib + self.autocast_mib
+        return held + (self.gradients_mib if self.accumulating else 0.0)
 
     @property
     def phase_mib(self) -> float:
-        """The larger of the two phases: end of forward (activations + logits) or optimizer
-        step (gradients + scratch)."""
-        return max(self.activations_mib + self.logits_mib,
-                   self.gradients_mib + self.step_scratch_mib)
+        """The larger of the two phases: end of forward (activations, logits, autocast copies,
+        and the gradients so far when accumulating) or optimizer step (gradients + scratch)."""
+        return max(self.forward_mib, self.gradients_mib + self.step_scratch_mib)
 
     @property
     def total_mib(self) -> float:
@@ -252,8 +295,8 @@ class MemoryEstimate:
     def components(self) -> dict[str, float]:
         return {"weights": self.weights_mib, "gradients": self.gradients_mib,
                 "optimizer states": self.optimizer_mib, "activations": self.activations_mib,
-                "logits (loss)": self.logits_mib, "step scratch": self.step_scratch_mib,
-                "overhead": self.overhead_mib}
+                "logits (loss)": self.logits_mib, "autocast copies": self.autocast_mib,
+                "step scratch": self.step_scratch_mib, "overhead": self.overhead_mib}
 
     def as_table(self, measured_mib: float | None = None) -> str:
         """A plain-text table of the parts, the predicted peak and, if given, the measured one."""
@@ -264,7 +307,9 @@ class MemoryEstimate:
             error = (self.total_mib - measured_mib) / measured_mib
             lines.append(f"{'measured peak':<18}{measured_mib:>10,.0f}   (prediction {error:+.0%})")
         lines += ["peak = weights + optimizer states + overhead",
-                  "       + max(activations + logits, gradients + step scratch)"]
+                  "       + max(activations + logits + autocast copies"
+                  + (" + gradients (accumulating)" if self.accumulating else "") + ",",
+                  "             gradients + step scratch)"]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -315,7 +360,8 @@ def estimate_training_memory(config, method: str, batch_size: int, seq_len: int,
                              lora_rank: int | None = None, lora_targets=None,
                              gradient_checkpointing: bool = False, lora_dropout: float = 0.0,
                              device: str = "cuda", padded: bool = True,
-                             param_dtype=None) -> MemoryEstimate:
+                             param_dtype=None,
+                             gradient_accumulation_steps: int = 1) -> MemoryEstimate:
     """Predict the peak memory of training a Llama-family model, in MiB.
 
     config: a transformers PretrainedConfig (or a ModelShape).
@@ -332,9 +378,16 @@ def estimate_training_memory(config, method: str, batch_size: int, seq_len: int,
     padded: batches carry a padding mask (dynamic padding does), so every layer keeps a mask
         and grouped-query attention repeats k and v to all heads.
     param_dtype: weight dtype when it differs from dtype (fp16 mixed precision keeps fp32
-        weights, gradients and optimizer states); None = dtype.
+        weights, gradients and optimizer states); None = dtype. fp32 weights with a 16-bit
+        dtype on CUDA is the Trainer's mixed precision: autocast keeps a 16-bit copy of every
+        linear weight for the backward pass.
+    gradient_accumulation_steps: more than 1 keeps the gradients of earlier passes while the
+        next pass builds its activations.
     """
     _check_arguments(method, optimizer, batch_size, seq_len, lora_rank, lora_dropout, device)
+    if gradient_accumulation_steps < 1:
+        raise ValueError(f"gradient_accumulation_steps must be at least 1, "
+                         f"got {gradient_accumulation_steps}")
     shape = config if isinstance(config, ModelShape) else ModelShape.from_config(config)
     width = dtype_bytes(dtype)
     param_width = dtype_bytes(param_dtype) if param_dtype is not None else width
@@ -372,14 +425,109 @@ def estimate_training_memory(config, method: str, batch_size: int, seq_len: int,
     # plus the low-precision logits themselves when the model computes in 16 bits
     logit_bytes = tokens * shape.vocab_size * (3 * 4 + (width if width != 4 else 0))
 
+    # mixed precision: autocast casts each fp32 weight a matmul uses to 16 bits, and autograd
+    # keeps the copy for the backward pass (the output layer included; 4-bit layers are
+    # dequantized one at a time and keep nothing)
+    autocast_bytes = 0.0
+    output_layer = shape.vocab_size * shape.hidden_size
+    if device == "cuda" and width == 2 and method == "qlora":
+        autocast_bytes = output_layer * width   # the output layer, upcast to fp32 for k-bit training
+    elif device == "cuda" and width == 2 and param_width == 4:
+        autocast_bytes = (shape.linear_parameters() + output_layer) * width
+
     parts = dict(weights_mib=weight_bytes / MIB, gradients_mib=trainable * train_width / MIB,
                  optimizer_mib=optimizer_bytes / MIB, activations_mib=activation_bytes / MIB,
-                 logits_mib=logit_bytes / MIB, step_scratch_mib=scratch_bytes / MIB)
+                 logits_mib=logit_bytes / MIB, step_scratch_mib=scratch_bytes / MIB,
+                 autocast_mib=autocast_bytes / MIB,
+                 accumulating=gradient_accumulation_steps > 1)
     estimate = MemoryEstimate(method=method, overhead_mib=0.0, trainable_parameters=trainable,
                               total_parameters=total, **parts)
     overhead = OVERHEAD_FRACTION[device] * estimate.total_mib
     return MemoryEstimate(method=method, overhead_mib=overhead, trainable_parameters=trainable,
                           total_parameters=total, **parts)
+
+
+WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "nf4", "int8")
+
+
+@dataclass(frozen=True)
+class InferenceEstimate:
+    """Predicted peak memory of a forward pass without gradients, in MiB: an evaluation loss
+    (`Trainer.evaluate`, logits of every position) or `generate` (a key/value cache, logits of
+    the last position only)."""
+
+    weights_mib: float            # the model as loaded (4-bit layers at 4.127 bits)
+    kv_cache_mib: float           # keys and values of every layer for every token so far
+    layer_temporaries_mib: float  # the largest layer's intermediate tensors (MLP, attention)
+    logits_mib: float             # scores over the vocabulary, fp32 where upcast
+    overhead_mib: float           # allocator slack, the same share as for training
+
+    @property
+    def total_mib(self) -> float:
+        return (self.weights_mib + self.kv_cache_mib + self.layer_temporaries_mib
+                + self.logits_mib + self.overhead_mib)
+
+    def components(self) -> dict[str, float]:
+        return {"weights": self.weights_mib, "key/value cache": self.kv_cache_mib,
+                "layer temporaries": self.layer_temporaries_mib, "logits": self.logits_mib,
+                "overhead": self.overhead_mib}
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_mib": self.total_mib}
+
+
+def weights_mib(config, weights: str = "fp32") -> float:
+    """Memory of a model's weights as loaded: "fp32", "bf16", "fp16", "int8" (LLM.int8 linear
+    layers, the rest fp16) or "nf4" (4-bit NF4 linear layers with double quantization, the rest
+    fp16)."""
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, got {weights!r}")
+    shape = config if isinstance(config, ModelShape) else ModelShape.from_config(config)
+    total = shape.parameter_count()
+    if weights in ("nf4", "int8"):
+        quantized = shape.linear_parameters()
+        bits = nf4_bits_per_parameter() if weights == "nf4" else 8 + 32 / shape.hidden_size
+        return (quantized * bits / 8 + (total - quantized) * 2) / MIB
+    return total * dtype_bytes(weights) / MIB
+
+
+def estimate_inference_memory(config, batch_size: int, seq_len: int, new_tokens: int = 0,
+                              weights: str = "fp32", dtype=torch.float32, loss: bool = False,
+                              device: str = "cuda") -> InferenceEstimate:
+    """Predict the peak memory of inference with a Llama-family model (or GPT-2), in MiB.
+
+    batch_size, seq_len: rows per call and their padded length (prompt length for generate).
+    new_tokens: tokens `generate` adds to each row (0 for a plain forward pass).
+    weights: how the weights are stored, see weights_mib.
+    dtype: compute dtype of activations (the 4-bit compute dtype for "nf4").
+    loss: True for an evaluation loss: logits of every position in the compute dtype, their
+        fp32 upcast and its log-softmax (transformers' loss upcasts). False for generate:
+        logits of the last position only, in fp32.
+    """
+    if batch_size <= 0 or seq_len <= 0 or new_tokens < 0:
+        raise ValueError(f"batch_size and seq_len must be positive and new_tokens not negative, "
+                         f"got {batch_size}, {seq_len}, {new_tokens}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    shape = config if isinstance(config, ModelShape) else ModelShape.from_config(config)
+    width = dtype_bytes(dtype)
+    tokens = batch_size * seq_len
+    kv_bytes = batch_size * (seq_len + new_tokens) * shape.num_layers * 2 * shape.kv_dim * width
+    # one layer at a time: the MLP's two or three intermediate tensors and its input/output,
+    # and the attention weights should the kernel materialize them (the "math" fallback)
+    mlp = (3 if shape.gated_mlp else 2) * shape.intermediate_size + 3 * shape.hidden_size
+    attention = batch_size * shape.num_heads * seq_len * seq_len
+    temporaries = (tokens * mlp + attention) * width
+    if weights in ("nf4", "int8"):     # one linear layer is dequantized to 16 bits at a time
+        temporaries += max(d_in * d_out for d_in, d_out in shape.linear_shapes().values()) * 2
+    if loss:
+        logit_bytes = tokens * shape.vocab_size * ((width if width != 4 else 0) + 4 + 4)
+    else:
+        logit_bytes = batch_size * shape.vocab_size * (width + 4 + 4)  # last position, fp32 copy
+    parts = dict(weights_mib=weights_mib(shape, weights), kv_cache_mib=kv_bytes / MIB,
+                 layer_temporaries_mib=temporaries / MIB, logits_mib=logit_bytes / MIB)
+    overhead = OVERHEAD_FRACTION[device] * sum(parts.values())
+    return InferenceEstimate(overhead_mib=overhead, **parts)
 
 
 def measured_training_mib(peak_mib: float, start_mib: float, model_mib: float) -> float:
