@@ -35,7 +35,6 @@ from course_utils.estimator import (
     estimate_inference_memory,
     estimate_training_memory,
     lora_parameter_count,
-    nf4_bits_per_parameter,
     shipped_config,
     weights_mib,
 )
@@ -579,6 +578,22 @@ def course_table(plans: list[NotebookPlan]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(plans: list[NotebookPlan]) -> str:
+    """The README's table of a course plan: one row per notebook, then the whole course."""
+    lines = ["| notebook | largest phase | predicted peak | fits | minutes |",
+             "|---|---|---|---|---|"]
+    for plan in plans:
+        minutes = plan.minutes
+        when = f"{minutes[0]:.0f}–{minutes[1]:.0f}" if minutes else "?"
+        lines.append(f"| {plan.notebook} | {plan.largest.name} | {plan.peak_gib:.1f} GiB | "
+                     f"{'yes' if plan.fits else 'no'} | {when} |")
+    total = [plan.minutes for plan in plans if plan.minutes]
+    if total:
+        lines.append(f"| all | | | | {sum(m[0] for m in total):.0f}–"
+                     f"{sum(m[1] for m in total):.0f} |")
+    return "\n".join(lines)
+
+
 # --- beyond the course: which method fits a GPU? -----------------------------------------------
 
 
@@ -686,5 +701,5 @@ def choice_table(gpu, model: str) -> str:
 
 
 __all__ = ["GPUS", "Gpu", "MethodChoice", "NotebookPlan", "Phase", "choice_table",
-           "choose_method", "course_table", "gpu_spec", "nf4_bits_per_parameter", "plan_course",
+           "choose_method", "course_table", "gpu_spec", "markdown_table", "plan_course",
            "plan_notebook", "recommend"]

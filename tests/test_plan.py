@@ -214,3 +214,14 @@ def test_accumulation_and_autocast_are_counted():
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         estimate_training_memory(shape, "full", 1, 512, gradient_accumulation_steps=0)
     assert "gradients (accumulating)" in accumulating.as_table()
+
+
+def test_readme_states_the_t4_plan():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- plan:t4 -->\n", 1)[1].split("\n<!-- /plan:t4 -->", 1)[0]
+    assert block == plan.markdown_table(plan.plan_course("t4")), (
+        "README's T4 table differs from the plan: paste the output of "
+        "`python -c 'from course_utils import plan; "
+        "print(plan.markdown_table(plan.plan_course(\"t4\")))'`")
