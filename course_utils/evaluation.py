@@ -248,6 +248,16 @@ def _scorer(model_id: str, num_layers: int | None):
         ) from error
 
 
+def release_bertscore() -> None:
+    """Drop the cached BERTScore encoders and free their memory (roberta-large in `full`:
+    about 1.4 GB, on the GPU when there is one). The next `bertscore` call loads them again;
+    notebooks call this before training, so the encoder does not sit on a T4 meanwhile."""
+    from course_utils.models import free_memory
+
+    _scorer.cache_clear()
+    free_memory("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _score_pairs(scorer, predictions: list[str], groups: list[list[str]]) -> torch.Tensor:
     """(N, 3) precision, recall, F1 per pair; a pair with an empty side scores raw 0.
 

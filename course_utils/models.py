@@ -12,6 +12,10 @@ quantiles of a normal distribution, scaled per block of 64 weights by the block'
 absolute value (absmax); double quantization stores those scales in 8 bits too. The helpers
 quantize single tensors to show the rounding, show why an adapter cannot simply be merged
 into 4-bit weights, and keep bitsandbytes' CPU inference fast path away from training.
+
+Overflow: `check_numerics` runs one short forward pass and raises a clear error when a layer's
+output holds inf or NaN, as fp16 (largest number 65,504) can on a T4. Which dtype each job loads
+in is decided in `course_utils/hardware.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 import torch
 
 from course_utils.config import PACKAGED_PREFIX, cache_dir
-from course_utils.hardware import Hardware, detect_hardware
+from course_utils.hardware import Hardware, detect_hardware, dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +236,79 @@ def load_causal_lm(model_id: str, hardware: Hardware | None = None,
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+NUMERICS_PROMPT = ("Question: How long is a day on Mars? Passage: A solar day on Mars lasts "
+                   "about 24 hours and 39 minutes. Answer:")
+
+
+def _compute_dtype(model) -> torch.dtype:
+    """The dtype a model's matrix products run in: the 4-bit compute dtype, else the weights'."""
+    quantization = getattr(model.config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    if quantization and quantization.get("load_in_4bit"):
+        compute = quantization.get("bnb_4bit_compute_dtype") or torch.float32
+        return compute if isinstance(compute, torch.dtype) else \
+            getattr(torch, str(compute).replace("torch.", ""))
+    return model.dtype
+
+
+def _layer_names(count: int) -> list[str]:
+    """What each of a model's `count` hidden states is (transformers' output_hidden_states)."""
+    names = ["the token embeddings", *(f"the output of decoder layer {i}" for i in range(count - 2))]
+    return (names + ["the last decoder layer's output after the final norm"])[:count]
+
+
+@torch.no_grad()
+def check_numerics(model, tokenizer, hardware: Hardware | None = None,
+                   prompt: str = NUMERICS_PROMPT) -> dict:
+    """One short forward pass on a fixed prompt; raises a RuntimeError if any layer's output or
+    the logits hold inf or NaN (an fp16 overflow, most often), naming the first one that does.
+
+    Returns {"dtype": the compute dtype, "largest_activation": the largest finite |value| of
+    the pass, "fp16_headroom": fp16's largest number (65,504) divided by it}. It costs one pass
+    over a few dozen tokens, so notebooks call it after loading a model they run in 16 or 4 bits
+    (and it passes on a healthy fp32 model too).
+    """
+    hardware = hardware or detect_hardware()
+    dtype = _compute_dtype(model)
+    batch = tokenizer(prompt, return_tensors="pt").to(model.device)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = model(**batch, output_hidden_states=True)
+    finally:
+        model.train(was_training)
+    hidden = outputs.hidden_states or ()    # embeddings, then each layer's output: (1, T, hidden)
+    named = [*zip(_layer_names(len(hidden)), hidden, strict=True), ("the logits", outputs.logits)]
+    fp16_max = torch.finfo(torch.float16).max
+    largest = 0.0  # the largest finite |value| so far
+    for name, values in named:
+        finite = torch.isfinite(values)
+        if finite.any():
+            largest = max(largest, values[finite].abs().max().item())
+        if finite.all():
+            continue
+        n_inf, n_nan = torch.isinf(values).sum().item(), torch.isnan(values).sum().item()
+        model_name = getattr(model.config, "name_or_path", "") or type(model).__name__
+        if dtype == torch.float32:
+            advice = ("It computes in fp32 already, so this is no 16-bit overflow: the weights "
+                      "themselves hold inf or NaN. Load the model again from its source.")
+        else:
+            advice = ("What to do: load the model in fp32 (`dtype=torch.float32`; for training "
+                      "`hardware.lora_base_dtype` or `hardware.full_finetuning_dtype`), or use a "
+                      "GPU with native bf16 (compute capability 8.0 or newer: L4, A100, H100), "
+                      "whose range matches fp32's.")
+        raise RuntimeError(
+            f"Numerics check failed for {model_name}, computing in {dtype_name(dtype)} on "
+            f"{hardware.describe()}: {name} holds {n_inf} inf and {n_nan} NaN values (the "
+            f"largest finite value up to there: {largest:,.4g}; fp16 tops out at "
+            f"{fp16_max:,.0f}). "
+            f"Training or generating from this model would give NaN losses or garbage text. "
+            + advice)
+    return {"dtype": dtype_name(dtype), "largest_activation": largest,
+            "fp16_headroom": fp16_max / largest if largest else float("inf")}
 
 
 def load_embedding_model(model_id: str, hardware: Hardware | None = None):

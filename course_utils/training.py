@@ -9,6 +9,8 @@ stack lacks:
   and restores it on resume, so a resumed run keeps the records of the steps before it.
 - `resume_checkpoint`, which picks the newest COMPLETE checkpoint (`get_last_checkpoint` finds
   the newest folder; one that a crash left half-written is set aside).
+- `StopOnNonFiniteLoss`, a `TrainerCallback` that stops a run whose logged loss turns NaN or
+  inf (an fp16 overflow on a T4, most often) with a message that says what to do.
 - `logging_arguments`, the TrainingArguments that only carry data around (logging, reporting,
   token counting), and `training_summary`, the totals of a run from its log history.
 """
@@ -16,6 +18,7 @@ stack lacks:
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -74,15 +77,57 @@ class StepStats(TrainerCallback):
             "peak_mib": memory.peak_memory_mib(self.device)})
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training logged a loss that is NaN or inf."""
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stops training, with a message that says why and what to do, as soon as a logged
+    training or evaluation loss is NaN or inf.
+
+    Once a loss is NaN the weights turn NaN at the next optimizer step and every later step,
+    evaluation and generation is garbage; stopping at once keeps the last checkpoint good.
+    The Trainer's default `logging_nan_inf_filter=True` would hide such a loss behind the
+    average of the previous ones: `logging_arguments` turns that filter off.
+    """
+
+    def __init__(self, hardware):
+        self.hardware = hardware
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is None or math.isfinite(value):
+                continue
+            control.should_training_stop = True
+            if self.hardware.fp16 or args.fp16:
+                cause = (f"This run computes in fp16 (mixed precision on "
+                         f"{self.hardware.device_name}, which has no native bf16), and fp16 "
+                         f"overflows above 65,504: most likely an activation overflowed. Load "
+                         f"the weights in fp32 (`hardware.lora_base_dtype`, "
+                         f"`hardware.full_finetuning_dtype`; a 4-bit model: check it with "
+                         f"`course_utils.models.check_numerics`), lower the learning rate, or "
+                         f"use a GPU with native bf16 (L4, A100, H100).")
+            else:
+                cause = ("Lower the learning rate (or raise warmup_steps), and check the model "
+                         "with `course_utils.models.check_numerics` before training.")
+            raise NonFiniteLossError(
+                f"Training stopped at step {state.global_step}: the logged {key} is {value}. "
+                f"The model in memory may hold NaN weights from here on; checkpoints saved "
+                f"before this step are good. {cause}")
+
+
 def logging_arguments(hardware, seed: int) -> dict:
     """The TrainingArguments every notebook shares that only carry data around:
 
     the training loss at every step, evaluation that keeps the loss only (otherwise the
     Trainer gathers every logit of the evaluation set, rows x T x vocab floats, into memory),
     real-token counts for StepStats, one seed for data order and dropout, no reporting service,
-    the CPU when there is no GPU.
+    the CPU when there is no GPU, and every loss logged as it is, NaN and inf included
+    (StopOnNonFiniteLoss needs to see them; the default hides them behind an average).
     """
     return dict(logging_strategy="steps", logging_steps=1, prediction_loss_only=True,
+                logging_nan_inf_filter=False,
                 include_num_input_tokens_seen="non_padding", seed=seed, data_seed=seed,
                 report_to="none", dataloader_num_workers=0, use_cpu=hardware.device != "cuda")
 
