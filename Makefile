@@ -15,7 +15,7 @@ OFFLINE := $(HUB_OFFLINE) TOKENIZERS_PARALLELISM=false
 TEST_RESULTS := $(CURDIR)/build/test-results
 TEST_ENV := COURSE_PROFILE=tiny MPLBACKEND=Agg $(OFFLINE)
 
-.PHONY: course setup run test test-standalone lint standalone lock clean
+.PHONY: course setup run test test-standalone lint standalone lock clean gpu-check
 
 course: run
 
@@ -56,6 +56,13 @@ test-standalone: setup
 
 lint: setup
 	$(BIN)/ruff check course_utils course_tools tests notebooks benchmarks
+
+# On a CUDA machine: notebooks 00-06 in the tiny profile on the GPU, and a T4 emulation of
+# notebooks 02 and 05 (fp16, 15 GiB) measured against the plan; writes
+# benchmarks/results/gpu-check-<gpu>.json (see benchmarks/README.md). Without a GPU it stops
+# with a message; `.venv/bin/python benchmarks/gpu_check.py --cpu-smoke` runs its code on a CPU.
+gpu-check: setup
+	$(OFFLINE) $(BIN)/python benchmarks/gpu_check.py
 
 # Standalone copies of every notebook for Kaggle and Colab, in standalone/
 # (REPO=owner/name also writes standalone/README.md with Colab and Kaggle badges)

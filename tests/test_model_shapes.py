@@ -17,9 +17,12 @@ import pytest
 from course_utils.estimator import SUPPORTED_MODEL_TYPES, ModelShape, shipped_config
 
 SHAPES = files("course_utils") / "resources" / "model_shapes"
-REQUIRED = ("_comment", "model_id", "model_type", "hidden_size", "intermediate_size",
-            "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
-            "tie_word_embeddings")
+COMMON = ("_comment", "model_id", "model_type", "vocab_size")
+REQUIRED = {  # the size fields each family's config.json names
+    "decoder": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "tie_word_embeddings"),
+    "gpt2": ("n_embd", "n_layer", "n_head", "n_positions"),
+}
 
 # Published parameter counts: (total, non-embedding or None, where the numbers are published).
 PUBLISHED = {
@@ -35,6 +38,8 @@ PUBLISHED = {
                                                          "safetensors: 7.25B params"),
     "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": (7.62e9, None, "Hugging Face model page, "
                                                               "safetensors: 7.62B params"),
+    "distilgpt2": (82e6, None, "distilgpt2 model card: 6 layers, 768 dimension and 12 heads, "
+                               "82M parameters"),
 }
 
 
@@ -51,7 +56,8 @@ def test_every_shipped_model_has_a_published_count():
 @pytest.mark.parametrize("name", sorted(shipped_files()))
 def test_shape_file_has_the_required_fields(name):
     fields = shipped_files()[name]
-    missing = [key for key in REQUIRED if key not in fields]
+    family = "gpt2" if fields.get("model_type") == "gpt2" else "decoder"
+    missing = [key for key in COMMON + REQUIRED[family] if key not in fields]
     assert not missing, f"{name} lacks {missing}"
     assert name == fields["model_id"].rsplit("/", 1)[-1] + ".json"  # how shipped_config finds it
     assert fields["model_type"] in SUPPORTED_MODEL_TYPES
@@ -71,6 +77,6 @@ def test_parameter_count_matches_the_published_one(model_id):
     total, non_embedding, source = PUBLISHED[model_id]
     count = shape.parameter_count()
     assert count == pytest.approx(total, rel=0.01), f"{count:,} vs {total:,.0f} ({source})"
-    if non_embedding is not None:
+    if non_embedding is not None:  # Llama-family decoders only: no position embeddings
         embeddings = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
         assert count - embeddings == pytest.approx(non_embedding, rel=0.01), source
