@@ -70,7 +70,8 @@ class Gpu:
         """The Hardware a notebook would detect on this GPU (same precision decisions)."""
         dtype = torch.bfloat16 if self.native_bf16 else torch.float16
         return Hardware(device="cuda", dtype=dtype, device_name=self.name, gpu_count=1,
-                        supports_bf16=self.native_bf16)
+                        supports_bf16=self.native_bf16,
+                        compute_capability=(8, 0) if self.native_bf16 else (7, 5))
 
 
 # Spec sheets (dense throughput, no sparsity). Memory: the total PyTorch reports, which is a
@@ -272,12 +273,6 @@ def _bertscore_mib(profile: Profile) -> float:
     return BERTSCORE_PARAMETERS.get(profile.bertscore_model, 0) * 4 / MIB  # fp32, as bert-score loads
 
 
-def _adapter_base_dtype(hardware: Hardware) -> torch.dtype:
-    """The dtype notebook 03 loads its LoRA base in (course_utils/hardware.py decides)."""
-    return getattr(hardware, "training_dtype", None) or (
-        torch.bfloat16 if hardware.supports_bf16 else torch.float32)
-
-
 def _name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -421,7 +416,7 @@ def _plan_03(gpu: Gpu, profile: Profile) -> NotebookPlan:
     shape = ModelShape.from_config(shipped_config(profile.chat_model))
     settings = recipe("03", profile)
     seq = profile.max_length
-    base_dtype = _adapter_base_dtype(gpu.hardware())
+    base_dtype = gpu.hardware().lora_base_dtype  # see course_utils/hardware.py
     base = _name(base_dtype)
     weights = weights_mib(shape, base)
     bertscore = {"BERTScore model": _bertscore_mib(profile)}
@@ -463,6 +458,7 @@ def _plan_04(gpu: Gpu, profile: Profile, show_7b: bool = False) -> NotebookPlan:
     seq = profile.max_length
     hardware = gpu.hardware()
     half = _name(hardware.half_dtype)
+    compute = _name(hardware.four_bit_compute_dtype)
     bertscore = {"BERTScore model": _bertscore_mib(profile)}
     rows, evaluations = _qa_rows(profile, settings)
     optimizer = "adamw_8bit" if "8bit" in settings["optim"] else "adamw"
@@ -501,7 +497,7 @@ def _plan_04(gpu: Gpu, profile: Profile, show_7b: bool = False) -> NotebookPlan:
             "fp32 embeddings, norms, output layer": upcast},
             _download_seconds(big.parameter_count() * 2 / MIB),
             note="SHOW_7B = True: the RAG generator loaded and prepared for QLoRA"))
-    return NotebookPlan("04", f"QLoRA on {profile.chat_model} (NF4, {half} compute)", gpu,
+    return NotebookPlan("04", f"QLoRA on {profile.chat_model} (NF4, {compute} compute)", gpu,
                         phases)
 
 
