@@ -246,18 +246,39 @@ RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
             "k": (3, "a 7B reader handles three sources"),
             "threshold": (0.35, "1st percentile of the best score of on-topic train and "
                                 "validation questions (all-MiniLM-L6-v2): 0.352"),
-            "max_new_tokens": (1024, "room for DeepSeek-R1's reasoning before the answer"),
-            "generation_batch_size": (8, "8 long reasoning outputs per generate call"),
-            "system_prompt": (False, "DeepSeek advises instructions in the user turn for R1"),
+            "max_new_tokens": (512, "the thinking budget: thoughts, and the answer if they "
+                                    "end in time; keeps the notebook under 45 minutes planned "
+                                    "on a T4 (python -m course_utils plan --gpu t4)"),
+            "answer_budget": (64, "tokens for an answer forced after the budget: MS MARCO "
+                                  "answers are short, 64 cover nearly all (as in 02-04)"),
+            "generation_batch_size": (25, "every decoding step dequantizes all 4-bit weights "
+                                          "whatever the batch, so 25 rows cost about what 8 "
+                                          "do: 100 questions in 4 calls (plan: 11.5 GiB on a "
+                                          "T4)"),
+            "answer_batch_size": (16, "forced rows re-read their prompt and thoughts (~1,400 "
+                                      "tokens): 20 of them would leave less than the T4's "
+                                      "10 % headroom (plan)"),
+            "do_sample": (True, "DeepSeek's model card for the R1 distills: sample; greedy "
+                                "decoding can repeat without end"),
+            "temperature": (0.6, "the model card's advice: 0.5-0.7, 0.6 recommended"),
+            "top_p": (0.95, "the model card's advice"),
+            "system_prompt": (False, "the model card: no system prompt, every instruction in "
+                                     "the user turn"),
         },
         "tiny": {
             "k": (1, "two or more sources confuse the 135M model (token F1 fell by more than "
                      "half on the mini test split)"),
             "threshold": (0.35, "1st percentile of the best score of on-topic train and "
                                 "validation questions (all-MiniLM-L6-v2): 0.352"),
-            "max_new_tokens": (48, "a short answer and its citation"),
+            "max_new_tokens": (48, "a short answer and its citation (SmolLM2 does not think)"),
+            "answer_budget": (24, "unused: SmolLM2 never opens <think>, so nothing is forced"),
             "generation_batch_size": (64, "the whole test split in one call: ~1.5x faster "
                                           "than batches of 8 on 2 cores"),
+            "answer_batch_size": (64, "unused: nothing is forced"),
+            "do_sample": (False, "greedy decoding: repeatable, as notebooks 02-04 judge the "
+                                 "same questions"),
+            "temperature": (1.0, "unused by greedy decoding"),
+            "top_p": (1.0, "unused by greedy decoding"),
             "system_prompt": (True, "the small model follows a system message better"),
         },
     },

@@ -35,7 +35,8 @@ _PUNCTUATION = set(string.punctuation)
 
 
 # ---------------------------------------------------------------- generation
-# Turning prompts into answers: batched generation and removal of reasoning blocks.
+# Turning prompts into answers: batched generation, removal of reasoning blocks, and a
+# thinking budget for reasoning models.
 #
 # Batching many prompts into one `generate` call is several times faster than one prompt at a
 # time, but prompts have different lengths. A decoder-only model continues from the LAST
@@ -83,6 +84,60 @@ def _check_arguments(prompts, max_new_tokens: int, batch_size: int, tokenizer) -
         )
 
 
+def _stop_token_ids(model, tokenizer, options: dict) -> set[int]:
+    """Token ids after which a row has stopped: the end token(s) and the pad token."""
+    ids = options.get("eos_token_id")
+    if ids is None:
+        ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    return {*ids, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+
+
+def _generate_raw(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                  progress: bool, desc: str, do_sample: bool, temperature: float, top_p: float,
+                  seed: int | None, **generate_kwargs) -> tuple[list[str], list[bool]]:
+    """(texts, cut) in the order of `prompts`: the decoded new tokens of each prompt (special
+    tokens dropped, whitespace kept) and whether it was cut off, i.e. used all
+    `max_new_tokens` without writing an end token."""
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first
+    options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                   pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+    if do_sample:
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, "
+                             f"got temperature={temperature}, top_p={top_p}")
+        options.update(temperature=temperature, top_p=top_p)
+        if seed is not None:
+            torch.manual_seed(seed)  # seeds the CPU and every GPU generator
+    stops = _stop_token_ids(model, tokenizer, options)
+
+    texts: list[str] = [""] * len(prompts)
+    cut: list[bool] = [False] * len(prompts)
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="prompt",
+                                          disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt",
+                                    padding=True, add_special_tokens=False).to(model.device)
+                output = model.generate(**encoded, **options)  # (B, prompt + new tokens)
+                new_tokens = output[:, encoded["input_ids"].shape[1]:]  # (B, new tokens)
+                decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                full = new_tokens.shape[1] >= max_new_tokens  # the batch ran to the budget
+                for row, (i, text) in enumerate(zip(batch, decoded, strict=True)):
+                    texts[i] = text
+                    cut[i] = full and int(new_tokens[row, -1]) not in stops
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = padding_side
+    return texts, cut
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -115,39 +170,82 @@ def generate_answers(
     prompts = list(prompts)
     if not prompts:
         return []
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first
-    options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                   pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
-    if do_sample:
-        if temperature <= 0 or not 0 < top_p <= 1:
-            raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, "
-                             f"got temperature={temperature}, top_p={top_p}")
-        options.update(temperature=temperature, top_p=top_p)
-        if seed is not None:
-            torch.manual_seed(seed)  # seeds the CPU and every GPU generator
+    texts, _ = _generate_raw(model, tokenizer, prompts, max_new_tokens, batch_size, progress,
+                             desc, do_sample, temperature, top_p, seed, **generate_kwargs)
+    return [strip_reasoning(text) if remove_reasoning else text.strip() for text in texts]
 
-    answers: list[str | None] = [None] * len(prompts)
-    was_training, padding_side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
-    try:
-        with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="prompt",
-                                          disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt",
-                                    padding=True, add_special_tokens=False).to(model.device)
-                output = model.generate(**encoded, **options)  # (B, prompt + new tokens)
-                new_tokens = output[:, encoded["input_ids"].shape[1]:]
-                texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                for i, text in zip(batch, texts, strict=True):
-                    answers[i] = strip_reasoning(text) if remove_reasoning else text.strip()
-                bar.update(len(batch))
-    finally:
-        model.train(was_training)
-        tokenizer.padding_side = padding_side
-    return answers
+
+# A reasoning model may think for longer than we can wait: every batch runs until its longest
+# member stops, and an output cut off before `</think>` holds no answer at all. A *thinking
+# budget* bounds the thoughts and still gets an answer from every row, in two batched passes:
+#   1. generate up to `thinking_budget` new tokens per prompt (thoughts, then the answer);
+#   2. a row still thinking when the budget ran out is *forced*: its prompt, its thoughts so
+#      far and "\n</think>\n\n" (plus an optional lead such as "Final answer:") go back to the
+#      model, which now writes the answer in at most `answer_budget` tokens. A row that closed
+#      its thoughts but was cut off inside its answer goes back unchanged, to finish it.
+# The forced rows re-read their thoughts (a second prefill), so they are batched by
+# `answer_batch_size`, which may be smaller. A model that never opens `<think>` is never
+# forced: it gets one pass, exactly like generate_answers.
+# generate_with_thinking_budget returns (outputs, forced): each raw output with its reasoning
+# (what parse_answer in course_utils/rag.py reads), and whether its thoughts were cut off and
+# closed for it. Decoding arguments (do_sample, temperature, top_p, seed, ...) are those of
+# generate_answers and apply to both passes.
+
+FORCE_CLOSE = "\n" + THINK_CLOSE + "\n\n"
+
+
+def still_thinking(prompt: str, output: str) -> bool:
+    """True when a `<think>` block is open at the end of prompt + output (no answer yet)."""
+    closing = output.rfind(THINK_CLOSE)
+    if closing == -1:
+        return THINK_OPEN in output or prompt.rstrip().endswith(THINK_OPEN)
+    return output.rfind(THINK_OPEN) > closing
+
+
+def _sampling_options(sampling: dict) -> dict:
+    """generate_answers' decoding arguments with their defaults, plus any generate keyword."""
+    return {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "seed": None, **sampling}
+
+
+def generate_with_thinking_budget(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    thinking_budget: int,
+    answer_budget: int,
+    batch_size: int = 8,
+    answer_batch_size: int | None = None,
+    answer_lead: str = "",
+    progress: bool = True,
+    desc: str = "Generating",
+    **sampling,
+) -> tuple[list[str], list[bool]]:
+    """What does a reasoning model answer when it may think only thinking_budget tokens?"""
+    for name, value in (("thinking_budget", thinking_budget), ("answer_budget", answer_budget),
+                        ("answer_batch_size", answer_batch_size or batch_size)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    _check_arguments(prompts, thinking_budget, batch_size, tokenizer)
+    prompts = list(prompts)
+    if not prompts:
+        return [], []
+    texts, cut = _generate_raw(model, tokenizer, prompts, thinking_budget, batch_size,
+                               progress, desc, **_sampling_options(sampling))
+    forced = [still_thinking(p, t) for p, t in zip(prompts, texts, strict=True)]
+    # forced rows get their thoughts closed; rows cut inside their answer simply continue
+    again = [i for i, (f, c, t) in enumerate(zip(forced, cut, texts, strict=True))
+             if f or (c and THINK_CLOSE in t)]
+    for i in again:
+        if forced[i]:
+            texts[i] = texts[i].rstrip() + FORCE_CLOSE + answer_lead
+    if again:
+        endings, _ = _generate_raw(model, tokenizer, [prompts[i] + texts[i] for i in again],
+                                   answer_budget, answer_batch_size or batch_size, progress,
+                                   f"{desc} (answers after the thinking budget)",
+                                   **_sampling_options(sampling))
+        for i, ending in zip(again, endings, strict=True):
+            texts[i] += ending
+    return [text.strip() for text in texts], forced
 
 
 def sample_answers(model, tokenizer, prompts: Sequence[str], temperature: float = 0.8,

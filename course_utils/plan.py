@@ -506,32 +506,43 @@ def rag_prompt_tokens(k: int) -> int:
     return k * PASSAGE_TOKENS + PROMPT_OVERHEAD_TOKENS
 
 
+FORCE_TOKENS = 8   # "\n</think>\n\n" and the short lead a forced answer starts with
+
+
 def _plan_05(gpu: Gpu, profile: Profile) -> NotebookPlan:
+    """Closed book, then RAG: each a pass of up to max_new_tokens (the thinking budget), then
+    a pass that forces the answers still thinking (course_utils.evaluation.
+    generate_with_thinking_budget), planned as if every answer needed it."""
     shape = ModelShape.from_config(shipped_config(profile.rag_model))
     settings = recipe("05", profile)
     weights = "nf4" if profile.rag_quantization == "4bit" else (
         "int8" if profile.rag_quantization == "8bit" else _name(gpu.hardware().half_dtype))
     embedder = {"embedding model": EMBEDDING_PARAMETERS.get(profile.embedding_model, 0) * 4 / MIB}
-    prompt = rag_prompt_tokens(settings["k"])
-    budget = settings["max_new_tokens"]
-    batch = settings["generation_batch_size"]
-    closed_book = _generation_phase(gpu, shape, "closed-book generation", weights,
-                                    profile.test_size, batch, PROMPT_OVERHEAD_TOKENS, budget,
-                                    budget, held=embedder)
-    rag = _generation_phase(gpu, shape, "generation", weights, profile.test_size, batch, prompt,
-                            budget, budget, held=embedder)
+    thinking, answer = settings["max_new_tokens"], settings["answer_budget"]
+    batch, answer_batch = settings["generation_batch_size"], settings["answer_batch_size"]
+    questions = profile.test_size
+    passes = []
+    for first_name, forced_name, prompt in (
+            ("closed-book generation", "closed-book forced", PROMPT_OVERHEAD_TOKENS),
+            ("generation", "RAG forced", rag_prompt_tokens(settings["k"]))):
+        first = _generation_phase(gpu, shape, first_name, weights, questions, batch, prompt,
+                                  thinking, thinking, held=embedder)
+        forced = _generation_phase(gpu, shape, forced_name, weights,
+                                   questions, answer_batch, prompt + thinking + FORCE_TOKENS,
+                                   answer, answer, held=embedder)
+        passes += [first, replace(forced, note=forced.note + "; every question counted as "
+                                               "forced: its prompt and thoughts read again")]
     phases = [
         _load_phase("load", weights_mib(shape, weights), shape.parameter_count() * 2 / MIB,
                     held=embedder),
         Phase("index", embedder, note="passages embedded once and cached; FAISS runs on the CPU"),
-        closed_book,
-        rag,
+        *passes,
         Phase("scoring", {**embedder, "generator": weights_mib(shape, weights),
                           "BERTScore model": _bertscore_mib(profile)}),
     ]
     return NotebookPlan("05", f"RAG with {profile.rag_model} ({weights} weights)", gpu, phases,
-                        note="reasoning models fill their budget: every batch is planned at "
-                             f"{budget} new tokens")
+                        note=f"reasoning models fill their budget: every batch is planned at "
+                             f"{thinking} new tokens, then {answer} for forced answers")
 
 
 NOTEBOOK_PLANS = {"01": _plan_01, "02": _plan_02, "03": _plan_03, "04": _plan_04, "05": _plan_05}

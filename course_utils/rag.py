@@ -16,7 +16,8 @@ The state keeps two versions of the answer:
   answer        what a user sees: the short answer, then "Sources: [1] <url>" lines
   short_answer  the plain answer (no citations, no reasoning): this is what gets scored
 Reasoning models (DeepSeek-R1) think between <think> and </think> first; the thoughts are
-kept in `reasoning` and never scored.
+kept in `reasoning` and never scored, and `forced` says whether they ran out of the thinking
+budget and were closed for the model (course_utils.evaluation.generate_with_thinking_budget).
 """
 
 from __future__ import annotations
@@ -38,25 +39,58 @@ class RAGState(TypedDict, total=False):
     short_answer: str           # the answer alone: what evaluation scores
     sources: list[int]          # source numbers ([1] = first passage) the answer rests on
     reasoning: str              # a reasoning model's thoughts, if any
+    forced: bool                # its thoughts ran out of budget and were closed for it
 
 
 # --- from a raw model output to the answer fields --------------------------------------------
 
 _CITATION = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 _SOURCES_LINE = re.compile(r"\n?\s*\(?sources?\s*:.*$", re.IGNORECASE | re.DOTALL)
-_LEAD_IN = re.compile(r"^(the )?(short )?answer( to (the|this|your) question)? is\s*:?\s*",
-                      re.IGNORECASE)
+# Markdown that opens a line: a heading or a list bullet ("- ", "* ", never "-5" or "#1").
+_LINE_MARKUP = re.compile(r"^(?:#{1,6}\s+|[-*•]\s+)")
+# Bold text anywhere (**x**), and the LaTeX box math-tuned models put answers in. Underscores
+# are left alone: "__init__" is an answer, not markdown.
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_LATEX = re.compile(r"\$*\\(?:boxed|text)\{([^{}]*)\}\$*")
+# One pair of markers around the whole answer: *x*, `x`, 'x' (a final period may follow).
+_WRAPPED = re.compile(r"^(?:\*([^*]+)\*|`([^`]+)`|'([^']+)'|‘([^’]+)’)([.!]?)$")
+# Words before the answer: "Answer:", "Final answer:", "The short answer is", "So, the answer
+# to the question is:", "A:". Each needs its colon or "is", so "Answering machines" stays.
+_LEAD_IN = re.compile(
+    r"^\*{0,2}\s*(?:(?:so|thus|therefore|hence)\s*,?\s*)?"
+    r"(?:(?:(?:the|my)\s+)?(?:final\s+|short\s+|correct\s+)?answer"
+    r"(?:\s+to\s+(?:the|this|your)\s+question)?\*{0,2}\s*(?::|\bis\b\s*:?)|a\s*:)"
+    r"\s*\*{0,2}\s*",
+    re.IGNORECASE)
+# A line that only announces the answer ("### Final Answer", "**Answer**"): the next line holds it.
+_LEAD_ONLY = re.compile(r"^(?:the\s+)?(?:final\s+|short\s+)?answer\s*:?$", re.IGNORECASE)
+_QUOTES = "\"“”"  # double quotes; single ones only around the whole answer (_WRAPPED)
+
+
+def _answer_in_line(line: str) -> str:
+    """One line without its markdown, lead-in, wrappers and quotes ("" if nothing is left)."""
+    text = _BOLD.sub(r"\1", _LINE_MARKUP.sub("", line.strip()))
+    text = _LATEX.sub(r"\1", _LATEX.sub(r"\1", text))  # \boxed{\text{x}} holds two
+    text = _LEAD_IN.sub("", text.strip()).strip()
+    if _LEAD_ONLY.match(text) or not any(ch.isalnum() for ch in text):
+        return ""  # a line that announces the answer, or only a rule such as "---"
+    text = text.strip().strip(_QUOTES).strip()
+    wrapped = _WRAPPED.match(text)
+    if wrapped:
+        *inner, end = wrapped.groups()
+        text = next(part for part in inner if part) + end
+    return text.strip()
 
 
 def clean_answer(text: str) -> str:
-    """The first line of an answer, without reasoning, a lead-in such as "The answer is:",
-    a trailing "Sources:" part or quotes. Closed-book and RAG answers are cleaned alike."""
+    """The first line of an answer that holds one, without reasoning, markdown, a lead-in such
+    as "The answer is:" or "**Final answer:**", a trailing "Sources:" part or quotes.
+    Closed-book and RAG answers are cleaned alike."""
     text = _SOURCES_LINE.sub("", strip_reasoning(text))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    answer = _LEAD_IN.sub("", lines[0] if lines else "")
+    answer = next((found for line in text.splitlines() if (found := _answer_in_line(line))), "")
     if NO_ANSWER.lower().rstrip(".") in answer.lower():
         return NO_ANSWER
-    return answer.strip().strip('"').strip()
+    return answer
 
 
 def parse_answer(raw: str, n_sources: int, prompt_opens_thinking: bool = False) -> dict:

@@ -182,6 +182,11 @@ class RagRecord(Record):
     closed_book_seconds_per_query: float
     rag_seconds_per_query: float
     details: dict[str, Any] = field(default_factory=dict)
+    # share of the answers whose thinking ran out of budget and was closed for the model
+    # (course_utils.evaluation.generate_with_thinking_budget): "closed_book" of every test
+    # question, "rag" of those routed to the generator. It has a default, so a record
+    # without it still loads.
+    forced_share: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)

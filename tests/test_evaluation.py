@@ -1,12 +1,14 @@
 """How answers are produced and judged: reasoning removal on recorded outputs, batched greedy
-generation on the tiny SmolLM2, metrics on hand-checked strings, BERTScore on the packaged
-MiniLM, perplexity on SmolLM2, and the calls notebooks 02-04 make to answer and score."""
+generation on the tiny SmolLM2, the thinking budget with a scripted model (and SmolLM2),
+metrics on hand-checked strings, BERTScore on the packaged MiniLM, perplexity on SmolLM2, and
+the calls notebooks 02-04 make to answer and score."""
 
 from __future__ import annotations
 
 import math
 import random
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,14 +24,17 @@ from course_utils.evaluation import (
     evaluate_answers,
     exact_match,
     generate_answers,
+    generate_with_thinking_budget,
     logits_of,
     mean_token_nll,
     normalize_answer,
     perplexity_from_loss,
     sample_answers,
+    still_thinking,
     strip_reasoning,
     token_f1,
 )
+from course_utils.rag import answer_fields
 
 MINILM = "packaged:all-minilm-l6-v2"
 
@@ -375,6 +380,165 @@ def test_bad_arguments_raise(tiny_chat):
         generate_answers(model, tokenizer, ["hi"], batch_size=0)
     with pytest.raises(ValueError, match="temperature"):
         generate_answers(model, tokenizer, ["hi"], do_sample=True, temperature=0.0)
+
+
+# ---------------------------------------------------------------- the thinking budget
+
+
+class ScriptedModel:
+    """Stands in for a causal LM: `generate` continues each row with a scripted text.
+
+    script(question) is the whole output the "model" writes for a question (the question is the
+    prompt's last line); a row whose prompt already holds part of that output gets the rest,
+    and a row whose thoughts were closed for it (its prompt then holds more than a part of that
+    output) gets forced_answer(question). Every row ends with the end token unless max_new_tokens cuts it;
+    rows are padded like real generate output. Each call is recorded.
+    """
+
+    def __init__(self, tokenizer, script, forced_answer):
+        self.tokenizer, self.script, self.forced_answer = tokenizer, script, forced_answer
+        self.training, self.device, self.calls = False, torch.device("cpu"), []
+        self.generation_config = SimpleNamespace(eos_token_id=tokenizer.eos_token_id)
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def train(self, mode=True):
+        self.training = mode
+        return self
+
+    def continuation(self, prompt: str) -> str:
+        base, _, written = prompt.partition(THINKING)  # the opening tag splits prompt / output
+        question = base.rstrip().splitlines()[-1]
+        full = self.script(question)
+        if full.startswith(written):                       # the first pass, or a continuation
+            return full[len(written):]
+        assert evaluation.FORCE_CLOSE in written, written  # else only a forced close is allowed
+        return self.forced_answer(question)
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, **options):
+        eos = self.tokenizer.eos_token_id
+        prompts = [self.tokenizer.decode(ids[mask.bool()])
+                   for ids, mask in zip(input_ids, attention_mask, strict=True)]
+        rows = [(self.tokenizer(self.continuation(p), add_special_tokens=False)["input_ids"]
+                 + [eos])[:max_new_tokens] for p in prompts]
+        width = max(len(row) for row in rows)
+        self.calls.append({"prompts": prompts, "max_new_tokens": max_new_tokens,
+                           "options": options})
+        new = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows])
+        return torch.cat([input_ids, new], dim=1)
+
+
+THINKING = "<think>\n"  # how DeepSeek-R1's chat template ends its prompts
+LONG_THOUGHTS = "Let me think about this. " * 20          # never closes within the budget
+SCRIPT = {
+    "quick": "Easy: it is Paris.\n</think>\n\nParis [1]",
+    "endless": LONG_THOUGHTS,
+    "late": "Short thoughts.\n</think>\n\nThe answer is a rather long sentence that the "
+            "budget cuts off before it ends [2]",
+}
+
+
+def _script(question):
+    return SCRIPT[question]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_chat):
+    return tiny_chat[1]
+
+
+def _thinking_prompts(names):
+    return [f"User asks:\n{name}\n{THINKING}" for name in names]
+
+
+def test_still_thinking_reads_the_prompt_and_the_output():
+    assert still_thinking("prompt <think>\n", "I wonder")
+    assert still_thinking("prompt", "<think>I wonder")
+    assert not still_thinking("prompt <think>\n", "I wonder</think> Paris")
+    assert still_thinking("prompt", "<think>a</think> b <think>again")
+    assert not still_thinking("prompt", "Paris")  # a model that does not think
+
+
+def test_thinking_budget_forces_only_the_rows_still_thinking(tokenizer):
+    model = ScriptedModel(tokenizer, _script, lambda question: " 42 [1]")
+    prompts = _thinking_prompts(["quick", "endless", "late"])
+    quick_tokens = len(tokenizer(SCRIPT["quick"])["input_ids"])
+    budget = quick_tokens + 4                       # "quick" ends in time, the others do not
+    outputs, forced = generate_with_thinking_budget(
+        model, tokenizer, prompts, thinking_budget=budget, answer_budget=16, batch_size=3,
+        answer_batch_size=2, answer_lead="Final answer:", progress=False, do_sample=True,
+        temperature=0.6, top_p=0.95, seed=0)
+    assert forced == [False, True, False]
+    assert outputs[0] == SCRIPT["quick"]                       # one pass was enough
+    assert outputs[2] == SCRIPT["late"]                        # cut inside its answer: continued
+    thoughts, closing, answer = outputs[1].partition(evaluation.FORCE_CLOSE)
+    assert closing and LONG_THOUGHTS.startswith(thoughts)      # the thoughts so far, then </think>
+    assert answer == "Final answer: 42 [1]"
+    first, second = model.calls                                # two batched passes, no more
+    assert first["max_new_tokens"] == budget and len(first["prompts"]) == 3
+    assert second["max_new_tokens"] == 16
+    forced_prompt, continued_prompt = sorted(second["prompts"], key=lambda p: "late" in p)
+    assert forced_prompt == prompts[1] + thoughts + closing + "Final answer:"
+    written = continued_prompt.removeprefix(prompts[2])        # the late row's first pass
+    assert "</think>" in written and SCRIPT["late"].startswith(written)
+    for call in model.calls:                                   # the model card's sampling
+        assert call["options"]["do_sample"] and call["options"]["temperature"] == 0.6
+        assert call["options"]["top_p"] == 0.95
+    # what notebook 05 scores: the forced answer, cleaned like any other
+    fields = answer_fields(outputs[1], [{"id": "a", "url": "u"}], prompts[1])
+    assert fields["short_answer"] == "42" and fields["sources"] == [1]
+    assert fields["reasoning"].startswith("Let me think")
+    assert answer_fields(outputs[2], [{"id": "a", "url": "u"}] * 2, prompts[2])[
+        "short_answer"] == "a rather long sentence that the budget cuts off before it ends"
+
+
+def test_forced_rows_are_batched_by_the_answer_batch_size(tokenizer):
+    model = ScriptedModel(tokenizer, _script, lambda question: " 42")
+    outputs, forced = generate_with_thinking_budget(
+        model, tokenizer, _thinking_prompts(["endless"] * 5 + ["quick"]), thinking_budget=24,
+        answer_budget=4, batch_size=6, answer_batch_size=2, progress=False)
+    assert forced == [True] * 5 + [False]
+    assert [len(call["prompts"]) for call in model.calls] == [6, 2, 2, 1]
+    assert all(o.endswith("</think>\n\n 42") for o in outputs[:5])
+
+
+def test_a_model_that_does_not_think_gets_one_pass(tokenizer):
+    answers = {"capital": "Paris", "long": "a very long answer " * 10}
+    model = ScriptedModel(tokenizer, lambda q: answers[q], lambda q: pytest.fail("forced"))
+    prompts = ["Question:\ncapital\n", "Question:\nlong\n"]
+    outputs, forced = generate_with_thinking_budget(model, tokenizer, prompts,
+                                                    thinking_budget=8, answer_budget=8,
+                                                    progress=False)
+    assert forced == [False, False] and len(model.calls) == 1   # cut, but never continued
+    assert outputs[0] == "Paris" and answers["long"].startswith(outputs[1])
+    assert generate_with_thinking_budget(model, tokenizer, [], 8, 8) == ([], [])
+    with pytest.raises(ValueError, match="answer_budget must be positive"):
+        generate_with_thinking_budget(model, tokenizer, prompts, 8, 0)
+    with pytest.raises(ValueError, match="thinking_budget must be positive"):
+        generate_with_thinking_budget(model, tokenizer, prompts, 0, 8)
+
+
+def test_thinking_budget_on_a_real_model(tiny_chat):
+    """SmolLM2 never writes <think>: its outputs are generate_answers' own. Opened for it in
+    the prompt, thoughts of 4 tokens never close, so every row is forced and still answers."""
+    model, tokenizer = tiny_chat
+    prompts = _prompts(tokenizer)[:2]
+    outputs, forced = generate_with_thinking_budget(model, tokenizer, prompts,
+                                                    thinking_budget=12, answer_budget=6,
+                                                    batch_size=2, progress=False)
+    assert forced == [False, False]
+    assert outputs == generate_answers(model, tokenizer, prompts, max_new_tokens=12,
+                                       batch_size=2, progress=False, remove_reasoning=False)
+    opened = [p + THINKING for p in prompts]
+    outputs, forced = generate_with_thinking_budget(model, tokenizer, opened, thinking_budget=4,
+                                                    answer_budget=6, answer_lead="Final answer:",
+                                                    progress=False)
+    assert forced == [True, True]
+    for output in outputs:
+        thoughts, closing, answer = output.partition(evaluation.FORCE_CLOSE)
+        assert closing and thoughts and answer.startswith("Final answer:")
 
 
 # ---------------------------------------------------------------- what notebooks 02-04 call

@@ -49,6 +49,13 @@ def test_record_holds_the_run(record):
     assert 0 <= record.details["routed_to_no_answer"] < record.details["answerable_questions"]
 
 
+def test_record_holds_the_share_of_forced_answers(record):
+    """SmolLM2 never opens <think>: the thinking budget forces nothing in the tiny profile."""
+    assert record.forced_share == {"closed_book": 0.0, "rag": 0.0}
+    assert record.settings["answer_budget"] > 0 and record.settings["do_sample"] is False
+    assert all(example["forced"] is False for example in record.details["examples"])
+
+
 def test_notebook_graph_routed_the_off_topic_question_to_no_answer(record):
     off_topic = record.details["off_topic"]
     assert off_topic["retrieved"] is False and off_topic["answer"] == NO_ANSWER

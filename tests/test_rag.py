@@ -2,8 +2,9 @@
 at a time (the LangGraph graph) or many at once (run_batched) with the same result.
 
 The step functions below are written like notebook 05's. A scripted fake generator (prompts ->
-canned outputs) stands in for the language model, so these tests need only the small embedding
-model and the tiny tokenizer for its chat template.
+canned outputs and forced flags) stands in for the language model, so these tests need only the
+small embedding model and the tiny tokenizer for its chat template. The cleaning of answers is
+checked on the lead-ins and markdown reasoning models write, and on answers it must keep.
 """
 
 import pytest
@@ -48,14 +49,16 @@ R1_CUT_MID_THOUGHT = "Okay, let me look at the sources. Source [1] mentions Mars
 
 
 class FakeGenerator:
-    """Scripted outputs: a fixed text, or a function of the prompt. Remembers every call."""
+    """Scripted outputs: a fixed text, or a function of the prompt, and the forced flags, as
+    generate_with_thinking_budget returns them. Remembers every call."""
 
-    def __init__(self, output="about 24 hours and 37 minutes [1]"):
-        self.output, self.calls = output, []
+    def __init__(self, output="about 24 hours and 37 minutes [1]", forced=False):
+        self.output, self.forced, self.calls = output, forced, []
 
     def __call__(self, prompts):
         self.calls.append(list(prompts))
-        return [self.output(p) if callable(self.output) else self.output for p in prompts]
+        outputs = [self.output(p) if callable(self.output) else self.output for p in prompts]
+        return outputs, [self.forced] * len(prompts)
 
     @property
     def prompts(self):
@@ -88,11 +91,14 @@ def make_steps(retriever, tokenizer, generator, k=1, threshold=THRESHOLD, system
 
     def generate_many(states):
         prompts = [rag_prompt(tokenizer, s["query"], s["context"], system=system) for s in states]
-        return [answer_fields(raw, s["context"], prompt)
-                for raw, s, prompt in zip(generator(prompts), states, prompts, strict=True)]
+        outputs, forced = generator(prompts)
+        return [{**answer_fields(raw, s["context"], prompt), "forced": was_forced}
+                for raw, was_forced, s, prompt in zip(outputs, forced, states, prompts,
+                                                      strict=True)]
 
     def no_answer(state):
-        return {"answer": NO_ANSWER, "short_answer": NO_ANSWER, "sources": [], "reasoning": ""}
+        return {"answer": NO_ANSWER, "short_answer": NO_ANSWER, "sources": [], "reasoning": "",
+                "forced": False}
 
     return retrieve_many, route, generate_many, no_answer
 
@@ -141,6 +147,54 @@ def test_parsing_answers():
     context = [{"url": "u1", "id": "a"}, {"url": "", "id": "b"}]
     assert answer_with_sources("x", [1, 2], context) == "x\n\nSources: [1] u1; [2] b"
     assert answer_with_sources(NO_ANSWER, [1], context) == NO_ANSWER
+
+
+# Lead-ins and markdown that reasoning models put around an answer, and what must survive.
+LEAD_INS = [
+    ("**Answer:** Paris [1]", "Paris [1]"),
+    ("**Answer**: Paris", "Paris"),
+    ("Answer: Paris", "Paris"),
+    ("Final answer: Paris", "Paris"),
+    ("Final Answer: **Paris**", "Paris"),
+    ("The answer is Paris.", "Paris."),
+    ("So, the short answer is: 24 hours", "24 hours"),
+    ("The answer to the question is: yes", "yes"),
+    ("A: Paris", "Paris"),
+    ("**Answer:**\n\nParis [1]", "Paris [1]"),              # the answer on the next line
+    ("### Final Answer\nAbout 24 hours", "About 24 hours"),
+    ("**Final Answer**\n---\n- *about 24 hours*", "about 24 hours"),
+    ("The final answer is $\\boxed{1889}$", "1889"),
+    ("\\boxed{\\text{Paris}}", "Paris"),
+    ("A day on Mars lasts **24 hours 37 minutes** [1].", "A day on Mars lasts 24 hours 37 minutes [1]."),
+    ("`pip install faiss-cpu`", "pip install faiss-cpu"),
+    ("'Paris'.", "Paris."),
+    ("Final answer: No answer present.", NO_ANSWER),
+]
+KEPT = ["Answering machines record calls.", "Answers vary by state.", "The answer key is on page 3.",
+        "A", "Vitamin A: found in carrots", "-5 degrees Celsius", ">50 percent", "#1 hit single",
+        "__init__", "snake_case_name", "the students'", "rock 'n' roll", "*italic* and *bold*",
+        "It is the answer: 42", "about 24 hours and 37 minutes", "$5 per hour"]
+
+
+@pytest.mark.parametrize(("raw", "expected"), LEAD_INS)
+def test_lead_ins_and_markdown_are_dropped(raw, expected):
+    assert clean_answer(raw) == expected
+    # the same after reasoning, as DeepSeek-R1 writes it
+    assert clean_answer(f"Let me check the source.\n</think>\n\n{raw}") == expected
+
+
+@pytest.mark.parametrize("answer", KEPT)
+def test_answers_that_only_look_like_lead_ins_are_kept(answer):
+    assert clean_answer(answer) == answer
+
+
+def test_a_forced_answer_is_parsed_like_any_other():
+    forced = ("Okay, source [1] mentions Mars and\n</think>\n\nFinal answer: about 24 hours and "
+              "37 minutes [1]")
+    parsed = parse_answer(forced, 3, prompt_opens_thinking=True)
+    assert parsed == {"short_answer": "about 24 hours and 37 minutes", "sources": [1],
+                      "reasoning": "Okay, source [1] mentions Mars and"}
+    assert parse_answer("Final answer:", 3)["short_answer"] == ""  # a lead-in with no answer
 
 
 def test_answer_cut_mid_thought_is_empty_not_the_thoughts():
@@ -222,6 +276,17 @@ def test_r1_prompt_with_open_think_tag_through_the_graph(retriever):
         "about 24 hours and 37 minutes")
 
 
+def test_a_forced_answer_is_marked_in_the_state(retriever):
+    forced = ("Okay, let me look at the sources. Source [1] mentions Mars and\n</think>\n\n"
+              "Final answer: about 24 hours and 37 minutes [1]")
+    state = ask(retriever, R1StyleTokenizer(), FakeGenerator(forced, forced=True), ON_TOPIC,
+                system=False)
+    assert state["forced"] is True and state["sources"] == [1]
+    assert state["short_answer"] == "about 24 hours and 37 minutes"
+    refused = ask(retriever, R1StyleTokenizer(), FakeGenerator(forced, forced=True), OFF_TOPIC)
+    assert refused["forced"] is False  # no_answer never calls the model
+
+
 # --- the same steps over many questions -------------------------------------------------------
 
 
@@ -237,7 +302,7 @@ def test_batched_run_matches_the_graph_and_generates_once(retriever, tokenizer):
     for question, state in zip(questions, batched, strict=True):
         single = app.invoke({"query": question})
         assert state["query"] == question
-        for key in ("answer", "short_answer", "sources", "retrieved", "reasoning"):
+        for key in ("answer", "short_answer", "sources", "retrieved", "reasoning", "forced"):
             assert state[key] == single[key], (question, key)
         # batched embedding may differ from single in the last float digit
         assert [p["id"] for p in state["context"]] == [p["id"] for p in single["context"]]

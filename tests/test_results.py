@@ -78,6 +78,17 @@ def test_every_kind_round_trips():
     assert load_record("06_comparison", "tiny", ComparisonRecord) == comparison
 
 
+def test_the_rag_record_keeps_the_share_of_forced_answers():
+    rag = dataclasses.replace(synthetic_records()["05_rag"],
+                              forced_share={"closed_book": 0.25, "rag": 0.1})
+    path, data = saved_file(rag)
+    assert data["forced_share"] == {"closed_book": 0.25, "rag": 0.1}
+    assert load_record("05_rag", "tiny", RagRecord).forced_share == rag.forced_share
+    # a record written before the share was measured still loads, with no share
+    rewrite(path, lambda data: data.pop("forced_share"))
+    assert load_record("05_rag", "tiny", RagRecord).forced_share == {}
+
+
 def test_numpy_and_torch_values_become_plain_json(lora):
     lora.settings = {"learning_rate": np.float32(0.25), "steps": torch.tensor(3),
                      "modules": ("q_proj", "v_proj"), "nan": float("nan"), "dtype": torch.float32}
