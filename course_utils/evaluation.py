@@ -386,8 +386,8 @@ def bertscore(predictions: Sequence[str], references: Sequence[Reference], model
 
     model_id: a hub id ("roberta-large"), a local folder, or "packaged:all-minilm-l6-v2".
     num_layers: which layer's embeddings to compare; None uses bert-score's tuned default
-        (hub models only). Returns dict(precision, recall, f1, rescaled, model) and
-        per_example_f1, the F1 of every pair.
+        (hub models only). Returns dict(precision, recall, f1, rescaled, model, num_layers)
+        and per_example_f1, the F1 of every pair.
     """
     _check_pairs(predictions, references)
     scorer = _scorer(model_id, num_layers)
@@ -399,6 +399,7 @@ def bertscore(predictions: Sequence[str], references: Sequence[Reference], model
         "f1": f1.mean().item(),
         "rescaled": scorer.rescale_with_baseline,
         "model": model_id,
+        "num_layers": scorer.num_layers,          # the layer whose embeddings were compared
         "per_example_f1": f1.tolist(),
     }
 
@@ -469,6 +470,33 @@ def _check_pairs(predictions, references) -> None:
             raise ValueError(f"prediction {i} is {type(prediction).__name__}, not a string")
 
 
+ANSWERABLE, UNANSWERABLE = "answerable", "unanswerable"
+GROUP_METRICS = ("exact_match", "token_f1", "bertscore_f1")   # the per-question scores kept
+
+
+def answerability(references: Sequence[Reference]) -> list[str]:
+    """"unanswerable" where the reference is MS MARCO's "No Answer Present." (its passages do
+    not hold the answer), else "answerable". The two behave differently: a model that always
+    says "No Answer Present." scores on the first and never on the second, so every metric is
+    reported for both as well as overall."""
+    from course_utils.data import NO_ANSWER
+
+    no_answer = normalize_answer(NO_ANSWER)
+    return [UNANSWERABLE if any(normalize_answer(r) == no_answer for r in _as_list(reference))
+            else ANSWERABLE for reference in references]
+
+
+def means_by_group(per_question: dict[str, list[float]], groups: Sequence[str]) -> dict:
+    """{group: {"n", metric: mean}} for every group label present, e.g. answerable and
+    unanswerable; per_question: metric -> one score per question, in the order of groups."""
+    result: dict[str, dict] = {}
+    for group in sorted(set(groups)):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        result[group] = {"n": len(rows), **{metric: sum(values[i] for i in rows) / len(rows)
+                                             for metric, values in per_question.items()}}
+    return result
+
+
 def evaluate_answers(predictions: Sequence[str], references: Sequence[Reference],
                      profile: Profile | None = None, bertscore_model: str | None = None,
                      bertscore_num_layers: int | None = None, per_example: bool = True) -> dict:
@@ -490,6 +518,8 @@ def evaluate_answers(predictions: Sequence[str], references: Sequence[Reference]
     em = [exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
     f1 = [token_f1(p, r) for p, r in zip(predictions, references, strict=True)]
     bert = bertscore(predictions, references, bertscore_model, bertscore_num_layers)
+    groups = answerability(references)
+    per_question = {"exact_match": em, "token_f1": f1, "bertscore_f1": bert["per_example_f1"]}
     result = {
         "n": len(predictions),
         "exact_match": sum(em) / len(em),
@@ -499,10 +529,12 @@ def evaluate_answers(predictions: Sequence[str], references: Sequence[Reference]
         "bertscore_f1": bert["f1"],
         "bertscore_rescaled": bert["rescaled"],
         "bertscore_model": bert["model"],
+        "bertscore_num_layers": bert["num_layers"],
+        "groups": groups,                                   # answerable / unanswerable
+        "by_group": means_by_group(per_question, groups),
     }
     if per_example:
-        result["per_example"] = {"exact_match": em, "token_f1": f1,
-                                 "bertscore_f1": bert["per_example_f1"]}
+        result["per_example"] = per_question
     return result
 
 

@@ -45,10 +45,44 @@ class Scores:
     bertscore_f1: float
     bertscore_rescaled: bool      # rescaled with bert-score's baseline (False: raw scores)
     bertscore_model: str          # the encoder BERTScore used
+    # What produced the answers, so that rows are compared like with like (06 shows them):
+    model: str = ""               # the generator, e.g. "Qwen/Qwen3-0.6B"
+    context: str = ""             # what it was given: "gold passage", "retrieved passages", "none"
+    weights: str = ""             # the precision of its weights: "fp32", "bf16", "nf4", ...
+    bertscore_num_layers: int | None = None   # the encoder layer BERTScore compared
+    # one score per test question (same order in every record of a profile), and its group
+    per_question: dict[str, list[float]] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)          # "answerable" / "unanswerable"
+    by_group: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def from_evaluation(cls, scores: dict) -> Scores:
-        return cls(**{f.name: scores[f.name] for f in dataclasses.fields(cls)})
+    def from_evaluation(cls, scores: dict, model: str = "", context: str = "",
+                        weights: str = "") -> Scores:
+        """From evaluate_answers' dict, with what produced the answers."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"model", "context", "weights",
+                                                             "per_question"}
+        return cls(**{name: scores[name] for name in names if name in scores},
+                   per_question=dict(scores.get("per_example", {})),
+                   model=model, context=context, weights=weights)
+
+    def interval(self, metric: str = "token_f1"):
+        """The mean of a metric with its bootstrap 95 % interval (course_utils/uncertainty.py)."""
+        from course_utils.uncertainty import mean_interval
+
+        return mean_interval(self._scores(metric))
+
+    def difference(self, other: Scores, metric: str = "token_f1"):
+        """self - other on the same questions, with a paired bootstrap 95 % interval."""
+        from course_utils.uncertainty import paired_difference
+
+        return paired_difference(other._scores(metric), self._scores(metric))
+
+    def _scores(self, metric: str) -> list[float]:
+        if metric not in self.per_question:
+            raise ValueError(f"these scores keep no per-question {metric!r} (kept: "
+                             f"{', '.join(self.per_question) or 'none'}); rerun the notebook "
+                             "with this course_utils version")
+        return self.per_question[metric]
 
 
 @dataclass
@@ -133,6 +167,7 @@ class LanguageModelRecord(Record):
     training: Training
     memory: Memory
     generations: dict[str, list[str]]      # column -> texts (prompts, greedy/sampled before/after)
+    forgetting: dict[str, Any] = field(default_factory=dict)   # course_utils.forgetting.report
 
 
 @dataclass(kw_only=True)
@@ -149,6 +184,7 @@ class FineTuneRecord(Record):
     memory: Memory
     examples: list[dict]                   # a few questions with both answers
     details: dict[str, Any] = field(default_factory=dict)   # what only this method measures
+    forgetting: dict[str, Any] = field(default_factory=dict)   # course_utils.forgetting.report
 
     def summary(self) -> str:
         """The lines every fine-tuning notebook's summary starts with."""
@@ -363,8 +399,12 @@ def collect_records(profile: str, notebooks=(*FINETUNE_NOTEBOOKS, RAG_NOTEBOOK))
     return collected
 
 
+DESCRIBE = ("model", "context", "weights")   # what produced a row's answers
+
+
 def _quality(scores: Scores) -> dict:
-    return {name: getattr(scores, name) for name in QUALITY}
+    return {**{name: getattr(scores, name) for name in QUALITY},
+            **{name: getattr(scores, name) or None for name in DESCRIBE}}
 
 
 def comparison_rows(records: dict[str, Record]) -> list[dict]:
@@ -398,7 +438,8 @@ def comparison_rows(records: dict[str, Record]) -> list[dict]:
     if not rows:
         raise ValueError("no results to compare: run notebooks 02-05 first "
                          "(`python -m course_tools run --profile tiny`)")
-    return [{c: row.get(c) for c in ("method", "notebook", *QUALITY, *COST)} for row in rows]
+    return [{c: row.get(c) for c in ("method", "notebook", *DESCRIBE, *QUALITY, *COST)}
+            for row in rows]
 
 
 def comparison_table(records: dict[str, Record]):
@@ -417,6 +458,83 @@ def gains_over_base(records: dict[str, Record], metric: str = "token_f1"):
              for s in FINETUNE_NOTEBOOKS if isinstance(r := records.get(s), FineTuneRecord)}
     return pd.Series(gains, name=f"{COLUMN_LABELS.get(metric, metric)} gain over its base",
                      dtype=float)
+
+
+def scored_rows(records: dict[str, Record]) -> dict[str, Scores]:
+    """method -> the Scores of its row in the comparison (base model first)."""
+    rows: dict[str, Scores] = {}
+    tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
+    if tuned:
+        rows[BASE_ROW] = tuned[0].base
+    for record in tuned:
+        rows[record.method] = record.tuned
+    rag = records.get(RAG_NOTEBOOK)
+    if isinstance(rag, RagRecord):
+        rows["closed-book (05)"], rows["RAG (05)"] = rag.closed_book, rag.rag
+    return rows
+
+
+def differences(records: dict[str, Record], metric: str = "token_f1"):
+    """Paired differences with 95 % bootstrap intervals, on the shared test questions:
+    every method against its own base, RAG against closed book, and the methods against
+    each other. Rows whose records keep no per-question scores are left out."""
+    import pandas as pd
+
+    pairs = []
+    for stem in FINETUNE_NOTEBOOKS:
+        record = records.get(stem)
+        if isinstance(record, FineTuneRecord):
+            pairs.append((f"{record.method} - its base", record.tuned, record.base))
+    rag = records.get(RAG_NOTEBOOK)
+    if isinstance(rag, RagRecord):
+        pairs.append(("RAG - closed book (05)", rag.rag, rag.closed_book))
+    tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
+    for i, first in enumerate(tuned):
+        for second in tuned[i + 1:]:
+            pairs.append((f"{first.method} - {second.method}", first.tuned, second.tuned))
+    rows = []
+    for name, after, before in pairs:
+        if metric not in after.per_question or metric not in before.per_question \
+                or len(after.per_question[metric]) != len(before.per_question[metric]):
+            continue
+        interval = after.difference(before, metric)
+        rows.append({"comparison": name, "difference": interval.estimate,
+                     "low": interval.low, "high": interval.high, "n": interval.n,
+                     "shows a difference": interval.excludes_zero})
+    return pd.DataFrame(rows, columns=["comparison", "difference", "low", "high", "n",
+                                       "shows a difference"]).set_index("comparison")
+
+
+def by_group_table(records: dict[str, Record], metric: str = "token_f1"):
+    """Every row's mean `metric` on answerable and unanswerable questions and overall."""
+    import pandas as pd
+
+    table = {}
+    for method, scores in scored_rows(records).items():
+        groups = {group: values.get(metric) for group, values in scores.by_group.items()}
+        table[method] = {**groups, "all": getattr(scores, metric)}
+        table[method].update({f"n {g}": v.get("n") for g, v in scores.by_group.items()})
+    return pd.DataFrame(table).T
+
+
+def forgetting_table(records: dict[str, Record]):
+    """Task gain (token F1 over the base) against forgetting, per fine-tuning method."""
+    import pandas as pd
+
+    rows = {}
+    for stem in FINETUNE_NOTEBOOKS:
+        record = records.get(stem)
+        if not isinstance(record, FineTuneRecord) or not record.forgetting:
+            continue
+        f = record.forgetting
+        rows[record.method] = {
+            "token F1 gain": record.tuned.token_f1 - record.base.token_f1,
+            "KL to base": f["kl_to_base"]["estimate"],
+            "perplexity base": f["perplexity"]["base"],
+            "perplexity tuned": f["perplexity"]["tuned"],
+            "trivia accuracy change": f["trivia_accuracy"]["difference"]["estimate"],
+            "format bleed change": f["format_bleed"]["difference"]["estimate"]}
+    return pd.DataFrame(rows).T
 
 
 # --- plots ------------------------------------------------------------------------------------

@@ -21,11 +21,14 @@ from course_utils.results import (  # noqa: E402
     BASE_ROW,
     COLUMN_LABELS,
     COST,
+    DESCRIBE,
     QUALITY,
     ResultsFileError,
+    by_group_table,
     collect_records,
     comparison_rows,
     comparison_table,
+    differences,
     gains_over_base,
     plot_comparison,
 )
@@ -41,7 +44,7 @@ def records():
 def test_rows_have_the_base_first_and_one_row_per_method(records):
     rows = comparison_rows(records)
     assert [row["method"] for row in rows] == METHODS
-    assert all(list(row) == ["method", "notebook", *QUALITY, *COST] for row in rows)
+    assert all(list(row) == ["method", "notebook", *DESCRIBE, *QUALITY, *COST] for row in rows)
     base, full, lora, qlora, closed, rag = rows
     assert base["notebook"] == "02_full_finetuning" and base["token_f1"] == 0.2
     assert base["trainable_parameters"] is None and base["model_mib"] == 513.0
@@ -59,7 +62,7 @@ def test_rows_have_the_base_first_and_one_row_per_method(records):
 def test_table_is_indexed_by_method_with_field_names_as_columns(records):
     table = comparison_table(records)
     assert list(table.index) == METHODS
-    assert list(table.columns) == ["notebook", *QUALITY, *COST]
+    assert list(table.columns) == ["notebook", *DESCRIBE, *QUALITY, *COST]
     assert set(COLUMN_LABELS) == set(QUALITY) | set(COST), "every column has a display name"
     assert table.loc["QLoRA", "training_mib"] == 1300
     assert table.loc[BASE_ROW, "exact_match"] == 0.1
@@ -157,3 +160,29 @@ def test_notebook_06_compares_the_records_it_finds(tmp_path, monkeypatch):
                    for output in cell.get("outputs", []))
     assert "Highest token F1 among the fine-tuning methods: LoRA (0.500, base model 0.200)" in text
     assert "- Missing 04_qlora: run notebooks/04_qlora.ipynb in the tiny profile" in text
+
+
+def test_rows_say_what_produced_them():
+    rows = {row["method"]: row for row in comparison_rows(synthetic_records())}
+    assert rows["RAG (05)"]["context"] == "retrieved passages"
+    assert rows["closed-book (05)"]["context"] == "none"
+    assert rows["LoRA"]["model"] and rows["LoRA"]["weights"] == "fp32"
+
+
+def test_differences_carry_paired_intervals():
+    table = differences(synthetic_records(), "token_f1")
+    full = table.loc["full fine-tuning - its base"]
+    assert full["difference"] == pytest.approx(0.6 - 0.2)
+    assert full["low"] <= full["difference"] <= full["high"] and full["shows a difference"]
+    assert "RAG - closed book (05)" in table.index
+    assert "full fine-tuning - LoRA" in table.index
+    assert (table["n"] == 40).all()
+
+
+def test_answerable_and_unanswerable_apart():
+    table = by_group_table(synthetic_records(), "exact_match")
+    assert {"answerable", "unanswerable", "all", "n answerable", "n unanswerable"} <= set(table)
+    assert (table["n unanswerable"] == 8).all()
+    overall = (table["answerable"] * 32 + table["unanswerable"] * 8) / 40
+    # the fixture rounds exact match to whole questions, so "all" may differ by under 1 question
+    assert overall.to_numpy() == pytest.approx(table["all"].to_numpy(), abs=1 / 40)
