@@ -232,6 +232,8 @@ class ComparisonRecord(Record):
     kind: ClassVar[str] = "comparison"
     rows: list[dict[str, Any]]
     missing: dict[str, str]                # notebook -> how to produce its results
+    # paired differences with 95 % intervals (results.differences), one dict per comparison
+    differences: list[dict[str, Any]] = field(default_factory=list)
 
 
 RECORD_KINDS: dict[str, type[Record]] = {cls.kind: cls for cls in (
@@ -568,18 +570,80 @@ def plot_loss_curves(history: list[dict], ax=None, title: str | None = None):
     return ax
 
 
-def plot_comparison(table):
-    """Bars of quality (top left) and cost per method. Returns the figure."""
+def bertscore_label(records: dict[str, Record]) -> str:
+    """What the BERTScore numbers are: model, layer, raw or rescaled. Rows scored differently
+    cannot share an axis, so a mix raises ValueError."""
+    kinds = {(s.bertscore_model, s.bertscore_num_layers, s.bertscore_rescaled)
+             for s in scored_rows(records).values()}
+    if len(kinds) != 1:
+        raise ValueError(f"the records were scored with different BERTScore settings {kinds}; "
+                         "rerun them in one profile")
+    model, layer, rescaled = kinds.pop()
+    where = f"layer {layer}" if layer is not None else "default layer"
+    scale = "rescaled with bert-score's baseline" if rescaled else "raw, not rescaled"
+    return f"BERTScore F1 ({model.removeprefix('packaged:')}, {where}, {scale})"
+
+
+def quality_intervals(records: dict[str, Record], metrics=("exact_match", "token_f1",
+                                                             "bertscore_f1")) -> dict:
+    """method -> metric -> bootstrap Interval, for rows that keep per-question scores."""
+    intervals: dict[str, dict] = {}
+    for method, scores in scored_rows(records).items():
+        kept = [m for m in metrics if m in scores.per_question]
+        if kept:
+            intervals[method] = {m: scores.interval(m) for m in kept}
+    return intervals
+
+
+def _error_bars(table, metrics, intervals):
+    """(2, methods) arrays of distances below/above each value, per metric; None without."""
+    import numpy as np
+
+    if not intervals:
+        return None
+    bars = {}
+    for metric in metrics:
+        low, high = [], []
+        for method, value in table[metric].items():
+            interval = intervals.get(method, {}).get(metric)
+            low.append(value - interval.low if interval else 0.0)
+            high.append(interval.high - value if interval else 0.0)
+        bars[metric] = np.array([low, high])
+    return bars
+
+
+def plot_comparison(table, bertscore: str | None = None, intervals: dict | None = None):
+    """Answer quality (word overlap; BERTScore on its own axis, labelled with what produced
+    it) and cost per method, with 95 % bootstrap intervals as error bars when given
+    (quality_intervals). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    quality = table[list(QUALITY)].astype(float).rename(columns=COLUMN_LABELS)
-    quality.plot.bar(ax=axes[0, 0], rot=20, width=0.8)
-    axes[0, 0].set_title("answer quality on the shared test split (higher is better)")
-    axes[0, 0].legend(fontsize=8, loc="upper left", ncol=3, frameon=False)
-    axes[0, 0].set_ylim(0, 1.2)  # room above the bars for the legend; scores stop at 1
-    axes[0, 0].set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    panels = [(axes[0, 1], "trainable_parameters", True), (axes[0, 2], "training_mib", False),
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8))
+    overlap = ["exact_match", "token_f1"]
+    bars = _error_bars(table, [*overlap, "bertscore_f1"], intervals)
+    values = table[overlap].astype(float)
+    ax = axes[0, 0]
+    width = 0.4
+    positions = range(len(values))
+    for offset, metric in zip((-width / 2, width / 2), overlap, strict=True):
+        ax.bar([p + offset for p in positions], values[metric], width,
+               yerr=bars[metric] if bars else None, capsize=3, label=COLUMN_LABELS[metric])
+    ax.set_xticks(list(positions), values.index, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("answer quality: overlap with the reference")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[0, 1]
+    scores = table["bertscore_f1"].astype(float)
+    ax.bar(scores.index, scores.values, color="tab:purple",
+           yerr=bars["bertscore_f1"] if bars else None, capsize=3)
+    low, high = scores.min(), scores.max()
+    pad = max(0.05, (high - low) * 0.5)
+    ax.set_ylim(max(-1.0, low - pad), min(1.0, high + pad))   # its own scale, never 0-1 shared
+    ax.set_title(bertscore or "BERTScore F1", fontsize=9)
+    ax.tick_params(axis="x", rotation=20)
+    ax.grid(axis="y", alpha=0.3)
+    panels = [(axes[0, 2], "trainable_parameters", True), (axes[0, 3], "training_mib", False),
               (axes[1, 0], "model_mib", False), (axes[1, 1], "seconds_per_step", False),
               (axes[1, 2], "tokens_per_second", False)]
     for ax, column, log in panels:
@@ -596,5 +660,40 @@ def plot_comparison(table):
         if log:
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
+    axes[1, 3].axis("off")
+    if intervals:
+        axes[1, 3].text(0, 0.5, "error bars: 95 % bootstrap intervals\nover the test questions",
+                        fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_forgetting(records: dict[str, Record], ax=None):
+    """Task gain (token F1 over its base, with its interval) against forgetting (mean KL of
+    the next-token distributions on general prose from the base), one point per method."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    points = 0
+    for stem in FINETUNE_NOTEBOOKS:
+        record = records.get(stem)
+        if not isinstance(record, FineTuneRecord) or not record.forgetting:
+            continue
+        gain = record.tuned.difference(record.base, "token_f1")
+        kl = record.forgetting["kl_to_base"]
+        ax.errorbar(kl["estimate"], gain.estimate,
+                    xerr=[[kl["estimate"] - kl["low"]], [kl["high"] - kl["estimate"]]],
+                    yerr=[[gain.estimate - gain.low], [gain.high - gain.estimate]],
+                    fmt="o", capsize=3, label=record.method)
+        points += 1
+    if not points:
+        ax.set_title("forgetting: not measured (rerun notebooks 02-04)")
+        return ax
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_xlabel("forgetting: mean KL(base || tuned) on general prose (nats per token)")
+    ax.set_ylabel("learning: token F1 gain over its base")
+    ax.set_title("learns more vs forgets more (95 % intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return ax

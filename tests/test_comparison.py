@@ -24,13 +24,17 @@ from course_utils.results import (  # noqa: E402
     DESCRIBE,
     QUALITY,
     ResultsFileError,
+    bertscore_label,
     by_group_table,
     collect_records,
     comparison_rows,
     comparison_table,
     differences,
+    forgetting_table,
     gains_over_base,
     plot_comparison,
+    plot_forgetting,
+    quality_intervals,
 )
 
 METHODS = [BASE_ROW, "full fine-tuning", "LoRA", "QLoRA", "closed-book (05)", "RAG (05)"]
@@ -124,8 +128,45 @@ def test_plot_has_quality_and_cost_panels(records):
         assert COLUMN_LABELS[column] in titles
     quality = figure.axes[0]
     assert [t.get_text() for t in quality.get_legend().get_texts()] == \
-        [COLUMN_LABELS[c] for c in QUALITY]
+        [COLUMN_LABELS[c] for c in ("exact_match", "token_f1")]
     plt.close(figure)
+
+
+def test_bertscore_has_its_own_labelled_axis_and_bars_have_intervals(records):
+    label = bertscore_label(records)
+    assert label == "BERTScore F1 (all-minilm-l6-v2, layer 4, raw, not rescaled)"
+    intervals = quality_intervals(records)
+    figure = plot_comparison(comparison_table(records), bertscore=label, intervals=intervals)
+    bert_axis = figure.axes[1]
+    assert bert_axis.get_title() == label
+    assert bert_axis.get_ylim() != figure.axes[0].get_ylim()        # not the 0-1 overlap axis
+    assert figure.axes[0].containers and any(
+        getattr(c, "errorbar", None) for c in figure.axes[0].containers)  # error bars drawn
+    plt.close(figure)
+    mixed = dict(records)
+    mixed["05_rag"] = dataclasses.replace(
+        records["05_rag"], rag=dataclasses.replace(records["05_rag"].rag, bertscore_rescaled=True))
+    with pytest.raises(ValueError, match="different BERTScore settings"):
+        bertscore_label(mixed)
+
+
+def test_forgetting_plot_and_table():
+    from fixtures.records import synthetic_records as make
+
+    records = make()
+    report = {"kl_to_base": {"estimate": 0.2, "low": 0.1, "high": 0.3},
+              "perplexity": {"base": 10.0, "tuned": 12.0},
+              "trivia_accuracy": {"difference": {"estimate": -0.1}},
+              "format_bleed": {"difference": {"estimate": 0.3}}}
+    records["02_full_finetuning"] = dataclasses.replace(records["02_full_finetuning"],
+                                                        forgetting=report)
+    table = forgetting_table(records)
+    assert list(table.index) == ["full fine-tuning"]
+    assert table.loc["full fine-tuning", "KL to base"] == 0.2
+    ax = plot_forgetting(records)
+    assert "learns more vs forgets more" in ax.get_title()
+    plt.close(ax.figure)
+    assert "not measured" in plot_forgetting(make()).get_title()
 
 
 def test_plot_says_which_costs_were_not_measured(records):
