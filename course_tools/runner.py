@@ -74,8 +74,10 @@ def find_notebooks(folder: Path, only: list[str] | None = None) -> list[Path]:
     return notebooks
 
 
-def execute_notebook(notebook: Path, output: Path, profile: str, progress: bool = True) -> float:
-    """Run one notebook with papermill; raise NotebookFailed naming the notebook and cell."""
+def execute_notebook(notebook: Path, output: Path, profile: str, progress: bool = True,
+                     parameters: dict | None = None) -> float:
+    """Run one notebook with papermill; raise NotebookFailed naming the notebook and cell.
+    parameters: values for its parameters cell besides PROFILE."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -83,7 +85,7 @@ def execute_notebook(notebook: Path, output: Path, profile: str, progress: bool 
     try:
         papermill.execute_notebook(
             str(notebook), str(output),
-            parameters={"PROFILE": profile},
+            parameters={**(parameters or {}), "PROFILE": profile},
             kernel_name="python3",
             cwd=str(notebook.parent),
             progress_bar=progress,

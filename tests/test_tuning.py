@@ -1,0 +1,74 @@
+"""Tuning on validation: the tool runs a notebook per value on the validation questions, picks
+the best, and refuses a notebook that would score on the test split."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from course_tools import tune
+
+NOTEBOOK = '''
+import os
+from course_utils.results import FineTuneRecord, Memory, Scores, Training, save_record
+
+n = 30
+# a made-up method whose score peaks at LEARNING_RATE = 3e-3
+quality = 0.8 - abs(LEARNING_RATE - 3e-3) * 100
+per_question = [min(1.0, max(0.0, quality + ((i * 7) % 5 - 2) / 20)) for i in range(n)]
+scores = Scores(n=n, exact_match=0.0, token_f1=sum(per_question) / n, bertscore_precision=0,
+                bertscore_recall=0, bertscore_f1=0, bertscore_rescaled=False, bertscore_model="x",
+                per_question={"token_f1": per_question})
+save_record(FineTuneRecord(
+    notebook="02_fake", profile=PROFILE, models={}, notebook_seconds=1.0,
+    settings={"split": SPLIT if HONOURS_SPLIT else "test", "learning_rate": LEARNING_RATE},
+    method="fake", base=scores, tuned=scores, trainable_parameters=1, total_parameters=1,
+    training=Training(steps=1, seconds_per_step=1.0, tokens_per_second=1.0, train_seconds=1.0,
+                      first_eval_loss=2.0, last_eval_loss=1.0 + abs(LEARNING_RATE - 3e-3) * 100,
+                      history=[]),
+    memory=Memory(device="cpu", model_mib=1.0), examples=[]))
+'''
+
+
+@pytest.fixture
+def fake_notebooks(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"},
+                                            "language_info": {"name": "python"}})
+    parameters = nbformat.v4.new_code_cell(
+        'PROFILE = "tiny"\nSPLIT = "test"\nLEARNING_RATE = 1e-3\nHONOURS_SPLIT = True')
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [parameters, nbformat.v4.new_code_cell(NOTEBOOK)]
+    nbformat.write(nb, folder / "02_fake.ipynb")
+    return folder
+
+
+@pytest.mark.slow
+def test_tuning_picks_the_best_value_on_validation(fake_notebooks, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "real-results"))
+    result = tune.tune("02", "LEARNING_RATE", [1e-3, 3e-3, 1e-2], notebooks_dir=fake_notebooks,
+                       out_dir=tmp_path / "tuning")
+    assert result["chosen"] == 3e-3 and result["split"] == "validation"
+    saved = json.loads((tmp_path / "tuning" / "tiny" / "02_fake-LEARNING_RATE.json").read_text())
+    assert saved == result
+    worse = [run for run in saved["runs"] if run["value"] != 3e-3]
+    assert all(run["difference_from_best"]["estimate"] < 0 for run in worse)
+    assert tune.chosen("02_fake", "LEARNING_RATE", out_dir=tmp_path / "tuning") == 3e-3
+    assert not (tmp_path / "real-results").exists()          # real results untouched
+    by_loss = tune.tune("02", "LEARNING_RATE", [1e-3, 3e-3], metric="eval_loss",
+                        notebooks_dir=fake_notebooks, out_dir=tmp_path / "tuning")
+    assert by_loss["chosen"] == 3e-3                          # lower loss is better
+    with pytest.raises(ValueError, match="ignored SPLIT='validation'"):
+        tune.tune("02", "LEARNING_RATE", [1e-3, 3e-3], extra={"HONOURS_SPLIT": False},
+                  notebooks_dir=fake_notebooks, out_dir=tmp_path / "tuning")
+
+
+def test_values_are_parsed_and_two_are_needed(fake_notebooks):
+    assert [tune._parse(v) for v in ("3e-3", "2", "true", "all-linear")] == \
+        [0.003, 2, True, "all-linear"]
+    with pytest.raises(ValueError, match="at least two values"):
+        tune.tune("02", "LEARNING_RATE", [1e-3], notebooks_dir=fake_notebooks)
