@@ -9,18 +9,35 @@ and RAG values of one notebook in one profile, each with a one-line reason. A ne
 
 Pick a profile with a notebook parameter, the environment variable COURSE_PROFILE, or let the
 hardware decide (`full` on a CUDA machine, `tiny` otherwise).
+
+More profiles come from a JSON file named by the environment variable COURSE_PROFILES_FILE, read
+when this module is imported (so a notebook's kernel started with it sees them too):
+
+    {"profiles": [{"name": "full-dry-run",          # lowercase letters, digits, '-' or '_'
+                   "based_on": "full",              # the fields not given here are full's
+                   "dataset": "/data/ms_marco",     # any Profile field; a path must be a folder
+                   "train_size": 16,
+                   "recipes": {"03": {"max_steps": 2, "sweep_ranks": [4, 8]}}}]}
+
+`recipes_from` defaults to `based_on`; `recipes` replaces single settings of the recipes the
+profile reads, per notebook, with values of the same kind (a JSON list for a tuple). Mistakes
+(an unknown key, field, notebook or setting, a value of the wrong kind, a taken name, a missing
+folder) stop the import with a ValueError naming the file and the profile.
+`python -m course_tools.full_dry_run build` writes such a file for a dry run of `full`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 PROFILE_ENV_VAR = "COURSE_PROFILE"
+PROFILES_FILE_ENV_VAR = "COURSE_PROFILES_FILE"
 CACHE_ENV_VAR = "COURSE_CACHE_DIR"
 RESULTS_ENV_VAR = "COURSE_RESULTS_DIR"
 # Model ids that start with this prefix name a model shipped inside a PyPI package.
@@ -121,7 +138,8 @@ def resolve_profile_name(requested: str | None = "auto") -> str:
         raise ValueError(
             f"Unknown profile {requested!r}. Valid profiles: {valid}. "
             f"Set it with the notebook parameter PROFILE or the environment variable "
-            f"{PROFILE_ENV_VAR}."
+            f"{PROFILE_ENV_VAR}; more profiles come from a file named by "
+            f"{PROFILES_FILE_ENV_VAR} (see course_utils/config.py)."
         )
     return name
 
@@ -131,6 +149,129 @@ def get_profile(requested: str | Profile | None = "auto") -> Profile:
     if isinstance(requested, Profile):
         return requested
     return PROFILES[resolve_profile_name(requested)]
+
+
+# --- profiles from a file ($COURSE_PROFILES_FILE) ----------------------------------------------
+
+_FILE_KEYS = ("based_on", "recipes")  # keys of a file's profile besides the Profile fields
+_KINDS = {"str": str, "int": int, "None": type(None)}
+
+
+def _check_kind(where: str, value: Any, expected: Any) -> Any:
+    """`value` (read from JSON) when it is of the same kind as `expected`; lists become tuples
+    where a tuple is expected, and an int may stand for a float."""
+    if isinstance(expected, tuple) and isinstance(value, list):
+        return tuple(value)
+    if isinstance(expected, bool) or isinstance(value, bool):
+        same = isinstance(value, bool) and isinstance(expected, bool)
+    elif isinstance(expected, float):
+        same = isinstance(value, (int, float))
+    else:
+        same = isinstance(value, type(expected))
+    if not same:
+        kind = "a list" if isinstance(expected, tuple) else type(expected).__name__
+        raise ValueError(f"{where} must be {kind} like {expected!r}, got {value!r}")
+    return value
+
+
+def _profile_from_entry(entry: Any, taken: set[str], path: Path,
+                        where: str) -> tuple[Profile, dict]:
+    """One profile of the profiles file `path` and its recipe overrides, checked. based_on and
+    recipes_from name profiles of PROFILES; `taken`: the names no new profile may have."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: each profile is a JSON object, got {entry!r}")
+    names = {f.name: f for f in fields(Profile)}
+    unknown = sorted(set(entry) - set(names) - set(_FILE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; a profile has "
+                         f"{', '.join([*names, *_FILE_KEYS])}")
+    name = entry.get("name")
+    if not isinstance(name, str) or name != name.strip().lower():
+        raise ValueError(f"{where}: 'name' must be a lowercase string, got {name!r}")
+    if name in taken or name == "auto":
+        raise ValueError(f"{where}: the name {name!r} is taken; taken: "
+                         f"{', '.join(sorted(taken))}, auto")
+    values = {key: value for key, value in entry.items() if key not in _FILE_KEYS}
+    base = entry.get("based_on")
+    if base is not None:
+        if base not in PROFILES:
+            raise ValueError(f"{where}: based_on names no profile: {base!r}; it can name "
+                             f"{', '.join(sorted(PROFILES))}")
+        values = {**PROFILES[base].to_dict(), "recipes_from": base, **values}
+    missing = [key for key, f in names.items()
+               if key not in values and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ValueError(f"{where}: missing fields {missing}; give them, or based_on")
+    for key, value in values.items():
+        kinds = tuple(_KINDS[k.strip()] for k in str(names[key].type).split("|"))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"{where}: {key} must be {names[key].type}, got {value!r}")
+    if values.get("recipes_from") is not None and values["recipes_from"] not in PROFILES:
+        raise ValueError(f"{where}: recipes_from names no profile: {values['recipes_from']!r}; "
+                         f"it can name {', '.join(sorted(PROFILES))}")
+    dataset = values["dataset"]
+    if dataset.startswith(("/", ".", "~")):   # a folder in the hub's layout, not a hub id
+        folder = (path.parent / Path(dataset).expanduser()).resolve()  # relative to the file
+        if not folder.is_dir():
+            raise ValueError(f"{where}: dataset {dataset!r} is no folder ({folder})")
+        values["dataset"] = str(folder)
+    try:
+        profile = Profile(**values)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+    overrides = entry.get("recipes", {})
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where}: 'recipes' maps notebooks to settings, got {overrides!r}")
+    rows = {}
+    for notebook, settings in overrides.items():
+        if notebook not in RECIPES or not isinstance(settings, dict):
+            raise ValueError(f"{where}: recipes[{notebook!r}] must map settings to values, for "
+                             f"a notebook with recipes: {', '.join(RECIPES)}")
+        if profile.recipes_from is None:
+            raise ValueError(f"{where}: recipes need recipes_from (or based_on)")
+        inherited = recipe(notebook, profile.recipes_from)
+        rows[notebook] = {}
+        for setting, value in settings.items():
+            if setting not in inherited:
+                raise ValueError(f"{where}: notebook {notebook}'s recipe has no {setting!r}; "
+                                 f"it has: {', '.join(inherited.values)}")
+            value = _check_kind(f"{where}: recipes[{notebook!r}][{setting!r}]", value,
+                                inherited[setting])
+            rows[notebook][setting] = (value, f"set in the profiles file {path.name}")
+    return profile, rows
+
+
+def read_profiles_file(path: str | Path) -> list[tuple[Profile, dict]]:
+    """The profiles of a profiles file (format: this module's docstring), each with its recipe
+    rows {notebook: {setting: (value, reason)}}; raises ValueError naming what is wrong."""
+    path = Path(path).expanduser()
+    where = f"profiles file {path}"
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist (named by ${PROFILES_FILE_ENV_VAR})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON: {error}") from None
+    entries = content.get("profiles") if isinstance(content, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f'{where} must hold {{"profiles": [...]}}, one object per profile')
+    taken, loaded = set(PROFILES), []
+    for number, entry in enumerate(entries, start=1):
+        label = entry.get("name", number) if isinstance(entry, dict) else number
+        profile, rows = _profile_from_entry(entry, taken, path, f"{where}, profile {label!r}")
+        taken.add(profile.name)
+        loaded.append((profile, rows))
+    return loaded
+
+
+def add_profiles_file(path: str | Path) -> list[Profile]:
+    """Add the profiles of a file to PROFILES and their recipe rows to RECIPES."""
+    loaded = read_profiles_file(path)
+    for profile, rows in loaded:
+        PROFILES[profile.name] = profile
+        for notebook, row in rows.items():
+            RECIPES[notebook][profile.name] = row
+    return [profile for profile, _ in loaded]
 
 
 # --- recipes: one table, (value, reason) per setting ------------------------------------------
@@ -362,6 +503,10 @@ def recipe(notebook: str, profile: str | Profile) -> Recipe:
     return Recipe(notebook=key, profile=profile.name,
                   values={k: v for k, (v, _) in merged.items()},
                   reasons={k: why for k, (_, why) in merged.items()})
+
+
+if os.environ.get(PROFILES_FILE_ENV_VAR, "").strip():   # profiles from a file: see the top
+    add_profiles_file(os.environ[PROFILES_FILE_ENV_VAR].strip())
 
 
 # --- where files go ---------------------------------------------------------------------------

@@ -2,6 +2,11 @@
 number format. Profiles and recipes are validated data; the profile is chosen by parameter,
 then COURSE_PROFILE, then the hardware; bf16 only on GPUs that compute it natively."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -218,6 +223,113 @@ def test_recipe_is_frozen():
     with pytest.raises(AttributeError):
         recipe("02", "tiny").notebook = "03"
     assert isinstance(recipe("02", "tiny"), Recipe)
+
+
+# --- profiles from a file ($COURSE_PROFILES_FILE) --------------------------------------------
+
+
+@pytest.fixture
+def isolated_tables(monkeypatch):
+    """PROFILES and RECIPES copies that add_profiles_file may change."""
+    monkeypatch.setattr(config, "PROFILES", dict(config.PROFILES))
+    monkeypatch.setattr(config, "RECIPES", {k: dict(v) for k, v in config.RECIPES.items()})
+
+
+def write_profiles(folder, *profiles, name="profiles.json"):
+    path = folder / name
+    path.write_text(json.dumps({"profiles": list(profiles)}))
+    return path
+
+
+DERIVED = {"name": "full-small", "based_on": "full", "dataset": "./ms_marco", "train_size": 16,
+           "validation_size": 8, "rag_corpus_size": 200,
+           "recipes": {"03": {"max_steps": 2, "sweep_ranks": [4, 8], "warmup_steps": 0}}}
+
+
+def test_a_profiles_file_adds_a_profile_based_on_another(tmp_path, isolated_tables):
+    (tmp_path / "ms_marco").mkdir()
+    added = config.add_profiles_file(write_profiles(tmp_path, DERIVED))
+    small = get_profile("full-small")
+    assert added == [small]
+    assert small.dataset == str(tmp_path / "ms_marco")   # relative to the file
+    assert (small.train_size, small.test_size, small.chat_model) == (16, 100, FULL.chat_model)
+    assert small.recipes_from == "full" and small.with_overrides(
+        name="full", dataset=FULL.dataset, train_size=FULL.train_size,
+        validation_size=FULL.validation_size, rag_corpus_size=FULL.rag_corpus_size,
+        recipes_from=None) == FULL
+    lora, full = recipe("03", "full-small"), recipe("03", "full")
+    assert (lora["max_steps"], lora["sweep_ranks"], lora["warmup_steps"]) == (2, (4, 8), 0)
+    assert lora.reason("max_steps") == "set in the profiles file profiles.json"
+    changed = {"max_steps", "sweep_ranks", "warmup_steps"}
+    assert {k: v for k, v in lora.values.items() if k not in changed} == \
+        {k: v for k, v in full.values.items() if k not in changed}
+    assert recipe("02", "full-small").values == recipe("02", "full").values
+    with pytest.raises(ValueError, match="full, full-small, tiny, auto"):
+        get_profile("full-large")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train_sise": 16}, r"unknown keys \['train_sise'\]; a profile has name, lm_model"),
+    ({"name": "full"}, "the name 'full' is taken"),
+    ({"name": "Full-Small"}, "'name' must be a lowercase string"),
+    ({"based_on": "huge"}, "based_on names no profile: 'huge'; it can name full, tiny"),
+    ({"train_size": "16"}, "train_size must be int, got '16'"),
+    ({"test_size": 10}, "needs at least 40 test queries"),
+    ({"recipes_from": "t4"}, "recipes_from names no profile: 't4'"),
+    ({"dataset": "./missing"}, "dataset './missing' is no folder"),
+    ({"recipes": {"09": {"max_steps": 2}}}, "notebook with recipes: 01, 02"),
+    ({"recipes": {"02": {"max_step": 2}}}, "recipe has no 'max_step'; it has: .*max_steps"),
+    ({"recipes": {"02": {"max_steps": "2"}}}, r"recipes\['02'\]\['max_steps'\] must be int"),
+    ({"recipes": {"02": {"max_steps": 2.5}}}, "must be int like 125, got 2.5"),
+    ({"recipes": {"03": {"sweep_ranks": 4}}}, "must be a list like"),
+    ({"recipes": {"05": {"system_prompt": 0}}}, "must be bool like False, got 0"),
+])
+def test_a_profiles_file_names_its_mistakes(tmp_path, isolated_tables, change, message):
+    (tmp_path / "ms_marco").mkdir()
+    path = write_profiles(tmp_path, {**DERIVED, **change})
+    with pytest.raises(ValueError, match=message) as error:
+        config.add_profiles_file(path)
+    assert str(path) in str(error.value)
+    assert "full-small" not in config.PROFILES, "nothing is added from a file with a mistake"
+
+
+def test_a_profiles_file_without_based_on_gives_every_field(tmp_path, isolated_tables):
+    path = write_profiles(tmp_path, {"name": "bare", "lm_model": "distilgpt2"})
+    with pytest.raises(ValueError, match=r"missing fields \['chat_model', "):
+        config.add_profiles_file(path)
+    complete = {**TINY.to_dict(), "name": "bare", "recipes_from": "tiny"}
+    config.add_profiles_file(write_profiles(tmp_path, complete))
+    assert get_profile("bare") == TINY.with_overrides(name="bare", recipes_from="tiny")
+    assert recipe("05", "bare").values == recipe("05", "tiny").values
+
+
+def test_an_unreadable_profiles_file_says_why(tmp_path, isolated_tables):
+    with pytest.raises(ValueError, match="does not exist .*COURSE_PROFILES_FILE"):
+        config.add_profiles_file(tmp_path / "nowhere.json")
+    (tmp_path / "broken.json").write_text("{profiles: ")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        config.add_profiles_file(tmp_path / "broken.json")
+    (tmp_path / "list.json").write_text('[{"name": "x"}]')
+    with pytest.raises(ValueError, match='must hold {"profiles": \\[...\\]}'):
+        config.add_profiles_file(tmp_path / "list.json")
+
+
+def test_the_environment_variable_adds_the_files_profiles_at_import(tmp_path):
+    """What a notebook's kernel sees: the file is read when course_utils.config is imported."""
+    (tmp_path / "ms_marco").mkdir()
+    script = ("from course_utils.config import get_profile, recipe; "
+              "print(get_profile('auto').name, recipe('03', 'full-small')['sweep_ranks'])")
+    environment = {**os.environ, "COURSE_PROFILE": "full-small",
+                   "COURSE_PROFILES_FILE": str(write_profiles(tmp_path, DERIVED))}
+    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split() == ["full-small", "(4,", "8)"]
+    environment["COURSE_PROFILES_FILE"] = str(write_profiles(tmp_path, {**DERIVED, "seed": "x"},
+                                                             name="bad.json"))
+    failed = subprocess.run([sys.executable, "-c", script], env=environment,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "bad.json, profile 'full-small': seed must be int" in \
+        failed.stderr
 
 
 # --- paths -----------------------------------------------------------------------------------
