@@ -2,8 +2,10 @@
 
 One loader for MS MARCO v1.1, the same columns and features in every profile.
 
-`full` samples the hub data set (microsoft/ms_marco, config v1.1); `tiny` reads the mini MS
-MARCO shipped in course_utils/resources/mini_msmarco (built by course_tools/mini_msmarco.py).
+`full` samples the hub data set (microsoft/ms_marco, config v1.1), or a local folder in the
+hub's layout (`datasets.load_dataset(folder, "v1.1")`, e.g. the one the full dry run builds);
+`tiny` reads the mini MS MARCO shipped in course_utils/resources/mini_msmarco (built by
+course_tools/mini_msmarco.py).
 Both give a DatasetDict with `train`, `validation` and `test`, sized by the profile and chosen with
 its seed, so every notebook of a profile is judged on the same test queries.
 
@@ -167,6 +169,7 @@ def _load_from_hub(profile: Profile) -> DatasetDict:
             "`-p PROFILE tiny` to papermill. The `full` profile needs internet (Kaggle/Colab "
             "with the internet switch on) or a pre-filled Hugging Face cache.") from error
     where = f"{profile.dataset} {profile.dataset_config}"
+    _check_columns(hub, where)
     # the same permutation as hub["train"].shuffle(seed=profile.seed)
     order = np.random.default_rng(profile.seed).permutation(len(hub["train"]))
     train = _choose(hub["train"], order, profile.train_size, "train", where)
@@ -178,11 +181,29 @@ def _load_from_hub(profile: Profile) -> DatasetDict:
     validation = _choose(hub["validation"], rest, profile.validation_size, "validation", where)
     picks = {"train": ("train", train), "validation": ("validation", validation),
              "test": ("validation", test)}
-    return DatasetDict({
-        name: hub[source].select(indices).select_columns(list(MSMARCO_FEATURES))
-        .cast(MSMARCO_FEATURES)
-        for name, (source, indices) in picks.items()
-    })
+    splits = {}
+    for name, (source, indices) in picks.items():
+        chosen = hub[source].select(indices).select_columns(list(MSMARCO_FEATURES))
+        try:
+            splits[name] = chosen.cast(MSMARCO_FEATURES)   # e.g. int64 ids to the card's int32
+        except (TypeError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise ValueError(f"{where}, split {source!r}: its features {chosen.features} do "
+                             f"not cast to MS MARCO v1.1's {MSMARCO_FEATURES} ({error})") from error
+    return DatasetDict(splits)
+
+
+def _check_columns(hub: DatasetDict, where: str) -> None:
+    """The splits the loader reads exist and hold MS MARCO v1.1's columns (a wrong folder or
+    config would otherwise fail deep inside `datasets`)."""
+    for split in ("train", "validation"):
+        if split not in hub:
+            raise ValueError(f"{where} has no {split!r} split (it has {', '.join(hub)}); the "
+                             "loader samples train from 'train', validation and test from "
+                             "'validation'.")
+        missing = [name for name in MSMARCO_FEATURES if name not in hub[split].column_names]
+        if missing:
+            raise ValueError(f"{where}, split {split!r}, lacks the MS MARCO v1.1 columns "
+                             f"{missing} (it has {', '.join(hub[split].column_names)}).")
 
 
 def load_msmarco(profile: Profile) -> DatasetDict:

@@ -125,6 +125,50 @@ def test_full_profile_samples_the_hub_with_the_same_features(monkeypatch):
     assert again["test"].to_list() == loaded["test"].to_list()
 
 
+def test_a_folder_in_the_hubs_layout_loads_through_the_hub_path(tmp_path, monkeypatch):
+    """microsoft/ms_marco's layout (README.md YAML: the v1.1 config's parquet files per split,
+    the card's features), as the full dry run builds it from the mini MS MARCO: the loader
+    reads it with datasets.load_dataset(folder, "v1.1") and samples it like the hub."""
+    from course_tools.full_dry_run import build_ms_marco
+
+    folder = tmp_path / "ms_marco"
+    build_ms_marco(folder)
+    calls = []
+    load = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kwargs: calls.append(args) or load(*args, **kwargs))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    profile = FULL.with_overrides(dataset=str(folder), train_size=16, validation_size=8,
+                                  test_size=40)
+    loaded = data.load_msmarco(profile)
+    assert calls == [(str(folder), "v1.1")]
+    assert [len(loaded[n]) for n in data.SPLITS] == [16, 8, 40]
+    for name in data.SPLITS:
+        assert loaded[name].features == data.MSMARCO_FEATURES
+    mini = {name: {json.loads(line)["query_id"] for line in
+                   (data.MINI_DIR / f"{name}.jsonl").read_text().splitlines()}
+            for name in data.SPLITS}
+    assert set(loaded["train"]["query_id"]) <= mini["train"]
+    test_ids, validation_ids = set(loaded["test"]["query_id"]), set(loaded["validation"]["query_id"])
+    assert not test_ids & validation_ids
+    assert test_ids | validation_ids <= mini["validation"] | mini["test"]  # the hub's validation
+    assert loaded["test"].to_list() == data.load_msmarco(profile)["test"].to_list()
+
+
+def test_a_hub_data_set_without_ms_marcos_columns_says_so(monkeypatch):
+    hub = hub_form()
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kwargs: DatasetDict({**hub, "validation": hub[
+                            "validation"].remove_columns("query_type")}))
+    with pytest.raises(ValueError, match=r"split 'validation', lacks the MS MARCO v1.1 columns "
+                                         r"\['query_type'\]"):
+        data.load_msmarco(FULL)
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kwargs: DatasetDict({"train": hub["train"]}))
+    with pytest.raises(ValueError, match="has no 'validation' split"):
+        data.load_msmarco(FULL)
+
+
 def test_offline_hub_error_points_to_the_tiny_profile(monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'microsoft/ms_marco' on the Hub")
