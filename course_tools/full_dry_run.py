@@ -394,7 +394,7 @@ def write_profiles_file(dry_run: DryRun) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "build" or len(argv) > 2:
-        print(__doc__.strip().splitlines()[-4].strip(), file=sys.stderr)
+        print("usage: python -m course_tools.full_dry_run build [FOLDER]", file=sys.stderr)
         return 2
     dry_run = build(argv[1] if len(argv) == 2 else "build/full-dry-run")
     print(f"# built in {dry_run.folder}; run notebooks with this environment:")
