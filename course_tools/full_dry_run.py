@@ -51,19 +51,20 @@ MARKER = "dry_run.json"
 SCRIPTED_REASONING = "Reading the sources first."
 SCRIPTED_ANSWER = "Scripted reply [1]"
 LOOPING_THOUGHTS = "Reading again and"   # " again and" repeats until a thinking budget ends it
-# what the R1 stand-in writes after the prompt's "<think>\n", whatever the prompt (R1 itself puts
-# "\n\n" after </think>; a space here, since the chain below cannot repeat the prompt's "\n")
+# what the R1 stand-in writes greedily after the prompt's "<think>\n", whatever the prompt (R1
+# puts "\n\n" after </think>; a space here: the prompt's "\n" already leads to "Reading")
 SCRIPTED_OUTPUT = f"{SCRIPTED_REASONING}</think> {SCRIPTED_ANSWER}"
 THINK_TAGS = ["<think>", "</think>"]   # added tokens, not special: decoding keeps them
 # the dataset card's features of microsoft/ms_marco v1.1, transcribed (tests/test_data.py)
-CARD_INFO = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "ms_marco_v1.1_dataset_info.yaml"
+CARD_INFO = (Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+             / "ms_marco_v1.1_dataset_info.yaml")
 
 # The profile: `full` with the built data folder and sizes that run in seconds.
 PROFILE_SIZES = {"train_size": 16, "validation_size": 8, "test_size": 40,
                  "rag_corpus_size": 200}
 _TRAINING = {"max_steps": 2, "gradient_accumulation_steps": 2, "eval_steps": 1,
              "save_steps": 1,   # two steps, evaluated after each, a checkpoint rotated once
-             "max_new_tokens": 16}  # the stand-in writes random words until the limit
+             "max_new_tokens": 16}  # the Qwen3 stand-in writes random words up to the limit
 RECIPE_OVERRIDES = {
     "01": {"max_steps": 2, "eval_steps": 1, "save_steps": 1, "eval_blocks": 8},
     "02": _TRAINING,
@@ -133,9 +134,11 @@ def build(folder: str | Path = "build/full-dry-run") -> DryRun:
     marker = dry_run.folder / MARKER
     if marker.is_file() and json.loads(marker.read_text()).get("version") == VERSION:
         return dry_run
-    if dry_run.folder.exists():
-        shutil.rmtree(dry_run.folder)
-    dry_run.folder.mkdir(parents=True)
+    if marker.is_file():
+        shutil.rmtree(dry_run.folder)   # an older build
+    elif dry_run.folder.exists() and any(dry_run.folder.iterdir()):
+        raise ValueError(f"{dry_run.folder} holds other files: build into a new or empty folder")
+    dry_run.folder.mkdir(parents=True, exist_ok=True)
     import torch
 
     torch.manual_seed(0)
@@ -396,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "build" or len(argv) > 2:
         print("usage: python -m course_tools.full_dry_run build [FOLDER]", file=sys.stderr)
         return 2
-    dry_run = build(argv[1] if len(argv) == 2 else "build/full-dry-run")
+    try:
+        dry_run = build(argv[1] if len(argv) == 2 else "build/full-dry-run")
+    except ValueError as error:
+        print(f"ERROR: {error}", file=sys.stderr)
+        return 2
     print(f"# built in {dry_run.folder}; run notebooks with this environment:")
     for name, value in dry_run.environment().items():
         print(f"export {name}={value}")
