@@ -49,7 +49,8 @@ test: setup
 	$(TEST_ENV) COURSE_RUN_RESULTS=$(TEST_RESULTS)/tiny COURSE_RESULTS_DIR=$(TEST_RESULTS)/unit \
 		$(BIN)/python -m pytest tests --durations=20 -q
 
-# Every standalone copy, run alone in a fresh virtual environment (make test runs two of them)
+# Every standalone copy, run alone in a fresh virtual environment, and the whole-course notebook
+# on all seven notebooks (make test runs the copy of 00 and the whole course on 00, 05 and 06)
 test-standalone: setup
 	$(TEST_ENV) COURSE_STANDALONE=all $(BIN)/python -m pytest \
 		tests/test_standalone.py -k fresh_environment -v
@@ -64,8 +65,9 @@ lint: setup
 gpu-check: setup
 	$(OFFLINE) $(BIN)/python benchmarks/gpu_check.py
 
-# Standalone copies of every notebook for Kaggle and Colab, in standalone/
-# (REPO=owner/name also writes standalone/README.md with Colab and Kaggle badges)
+# Standalone copies of every notebook for Kaggle and Colab, and whole_course.ipynb, which runs
+# them all in one upload, in standalone/ (REPO=owner/name also writes standalone/README.md with
+# Colab and Kaggle badges)
 standalone: setup
 	$(BIN)/python -m course_tools standalone --out standalone $(if $(REPO),--repo $(REPO),)
 

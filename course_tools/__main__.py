@@ -4,6 +4,7 @@
     python -m course_tools strip notebooks/*.ipynb
     python -m course_tools store-checked notebooks/03_lora.ipynb runs/<run>/03_lora.ipynb
     python -m course_tools standalone --out standalone [--repo owner/name]
+        (a copy of each notebook and whole_course.ipynb, which runs them all in one upload)
 
 The mini MS MARCO has its own: `python -m course_tools.mini_msmarco build|check`.
 """
@@ -34,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     store.add_argument("source", type=Path)
     store.add_argument("executed", type=Path)
     standalone = commands.add_parser("standalone",
-                                     help="build notebooks that run uploaded alone (Kaggle, Colab)")
+                                     help="build notebooks that run uploaded alone (Kaggle, Colab): "
+                                          "a copy of each and whole_course.ipynb")
     standalone.add_argument("--out", type=Path, default=Path("standalone"))
-    standalone.add_argument("--only", nargs="+", metavar="NN")
+    standalone.add_argument("--only", nargs="+", metavar="NN",
+                            help="only these copies (and no whole_course.ipynb)")
     standalone.add_argument("--repo", metavar="OWNER/NAME",
                             help="public GitHub repository: also write Colab/Kaggle badges")
     standalone.add_argument("--branch", default="main", help="branch the badges open")

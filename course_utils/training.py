@@ -8,7 +8,9 @@ stack lacks:
   beside the losses the Trainer logs there. The Trainer saves that history in every checkpoint
   and restores it on resume, so a resumed run keeps the records of the steps before it.
 - `resume_checkpoint`, which picks the newest COMPLETE checkpoint (`get_last_checkpoint` finds
-  the newest folder; one that a crash left half-written is set aside).
+  the newest folder; one that a crash left half-written is set aside), and `checkpoint_plan`,
+  the line StepStats prints when training begins: where checkpoints go, how many are kept,
+  how large each is and whether the disk holds them.
 - `StopOnNonFiniteLoss`, a `TrainerCallback` that stops a run whose logged loss turns NaN or
   inf (an fp16 overflow on a T4, most often) with a message that says what to do.
 - `logging_arguments`, the TrainingArguments that only carry data around (logging, reporting,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -45,7 +48,8 @@ class StepStats(TrainerCallback):
     tokens: non-padding input tokens (needs `include_num_input_tokens_seen="non_padding"`);
     peak_mib: peak memory since training began in this session (GPU: allocated by PyTorch;
     CPU: the process's resident memory). When training begins it also records
-    {"step": n, "train_start_mib": ...}, the memory in use at that moment.
+    {"step": n, "train_start_mib": ...}, the memory in use at that moment, and prints
+    `checkpoint_plan`: where this run's checkpoints go and how many are kept.
     """
 
     def __init__(self, device: str = "cpu"):
@@ -57,7 +61,9 @@ class StepStats(TrainerCallback):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero:
+            print(checkpoint_plan(args, model, resumed_step=state.global_step))
         memory.reset_peak_memory(self.device)
         state.log_history.append({"step": state.global_step,
                                   "train_start_mib": memory.current_memory_mib(self.device)})
@@ -200,3 +206,79 @@ def resume_checkpoint(output_dir) -> str | None:
         warnings.warn(f"{last} is incomplete (interrupted while saving); set aside as {aside.name}",
                       stacklevel=2)
     return None
+
+
+# Kaggle keeps a notebook's output folder, /kaggle/working, to 20 GB.
+KAGGLE_WORKING = ("/kaggle/working", 20e9)
+
+
+def checkpoint_bytes(model, optim: str = "adamw_torch") -> tuple[int, int | None]:
+    """(weights, optimizer states) in bytes of one checkpoint of `model`, from its parameters.
+
+    Weights: every parameter once (tied ones are shared), or only the trainable ones of a PEFT
+    model, whose checkpoints hold the adapters. Optimizer states: AdamW keeps two per trainable
+    parameter in its dtype, an 8-bit optimizer two bytes; None for an optimizer not known here.
+    """
+    parameters = list({p.data_ptr(): p for p in model.parameters()}.values())
+    trainable = [p for p in parameters if p.requires_grad]
+    saved = trainable if hasattr(model, "peft_config") else parameters
+    weights = sum(p.numel() * p.element_size() for p in saved)
+    optim = str(getattr(optim, "value", optim))
+    if "8bit" in optim:
+        states = sum(2 * p.numel() for p in trainable)
+    elif "adam" in optim:
+        states = sum(2 * p.numel() * p.element_size() for p in trainable)
+    else:
+        states = None
+    return weights, states
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
+
+
+def checkpoint_plan(args, model=None, resumed_step: int = 0) -> str:
+    """One paragraph on this run's checkpoints: the folder, how often, how many are kept, the
+    size of one (from `model`), what the disk must hold at once, and a warning when it has less
+    free space than that. StepStats prints it when training begins.
+
+    The Trainer writes a new checkpoint before it deletes the oldest, so with
+    save_total_limit=n up to n + 1 exist for a moment.
+    """
+    folder = Path(args.output_dir).resolve()
+    strategy = str(getattr(args.save_strategy, "value", args.save_strategy))
+    resumed = f" Resuming from step {resumed_step}." if resumed_step else ""
+    if strategy == "no":
+        return (f"Checkpoints: none in this run (save_strategy='no'): an interrupted run trains "
+                f"again from the start. Output folder: {folder}.{resumed}")
+    every = f"every {args.save_steps} steps" if strategy == "steps" else f"at each {strategy}"
+    limit = args.save_total_limit
+    kept = f"the newest {limit} kept (save_total_limit)" if limit else "all kept"
+    text = f"Checkpoints: {every} into {folder}, {kept}."
+    if model is not None:
+        weights, states = checkpoint_bytes(model, args.optim)
+        one = weights + (states or 0)
+        parts = f"weights {_size(weights)}" + (f", optimizer states {_size(states)}"
+                                               if states else "")
+        text += f" Each is about {_size(one)} ({parts})"
+        if limit:
+            at_once = (limit + 1) * one
+            text += (f"; the next is written before the oldest is deleted, so up to "
+                     f"{_size(at_once)} at once.")
+            free = shutil.disk_usage(_existing(folder)).free
+            if free < at_once:
+                text += (f" WARNING: {_existing(folder)} has {_size(free)} free, less than that: "
+                         f"free space, lower save_total_limit or save elsewhere (output_dir).")
+            root, quota = KAGGLE_WORKING
+            if str(folder).startswith(root) and at_once > quota / 4:
+                text += f" Kaggle keeps {root} to {_size(quota)} in all."
+        else:
+            text += "."
+    return text + resumed
+
+
+def _existing(folder: Path) -> Path:
+    """The folder, or its nearest parent that exists (the Trainer creates it when it saves)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder

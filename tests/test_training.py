@@ -23,7 +23,9 @@ from course_utils.models import load_causal_lm
 from course_utils.results import Training
 from course_utils.training import (
     StepStats,
+    checkpoint_bytes,
     checkpoint_is_complete,
+    checkpoint_plan,
     logging_arguments,
     resume_checkpoint,
     series,
@@ -209,7 +211,7 @@ class CrashAfterSave(TrainerCallback):
             raise Crash(f"killed after step {self.at}")
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(base, straight, tmp_path):
+def test_resumed_run_ends_like_an_uninterrupted_one(base, straight, tmp_path, capsys):
     """A session dies while saving step 4 (trainer_state.json cut short); the next session
     sets that checkpoint aside, resumes from step 2 and ends with the same weights and losses
     as a run that never stopped, keeping the step records of the first session."""
@@ -234,8 +236,12 @@ def test_resumed_run_ends_like_an_uninterrupted_one(base, straight, tmp_path):
         checkpoint = resume_checkpoint(tmp_path)
     assert checkpoint == str(tmp_path / "checkpoint-2")
     assert (tmp_path / "incomplete-checkpoint-4").is_dir()
+    capsys.readouterr()
     trainer = session(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    said = capsys.readouterr().out
+    assert f"Checkpoints: every 2 steps into {tmp_path}, all kept." in said
+    assert "Resuming from step 2." in said, "StepStats says where the run resumes"
 
     history = trainer.state.log_history
     assert [r["step"] for r in step_records(history)] == [1, 2, 3, 4, 5, 6], \
@@ -315,3 +321,75 @@ def test_logging_arguments_carry_data_only(tmp_path):
     hyperparameters = {"learning_rate", "max_steps", "per_device_train_batch_size",
                        "gradient_accumulation_steps", "warmup_steps", "optim", "bf16", "fp16"}
     assert not hyperparameters & set(arguments), "the notebooks set those in view"
+
+
+# --- where checkpoints go and how large they are -----------------------------------------------
+
+
+class Adapted(torch.nn.Module):
+    """A stand-in for a PEFT model: a frozen base, a trainable adapter, `peft_config`."""
+
+    peft_config = {"default": None}
+
+    def __init__(self):
+        super().__init__()
+        self.base = torch.nn.Linear(1000, 1000).requires_grad_(False)   # 1,001,000 frozen
+        self.adapter = torch.nn.Linear(1000, 8, bias=False)             # 8,000 trainable
+
+
+def test_checkpoint_bytes_count_weights_and_adamw_states():
+    model = torch.nn.Linear(1000, 1000)                                  # 1,001,000 fp32
+    assert checkpoint_bytes(model, "adamw_torch") == (4_004_000, 8_008_000)
+    assert checkpoint_bytes(model, "paged_adamw_8bit") == (4_004_000, 2_002_000)
+    assert checkpoint_bytes(model, "sgd") == (4_004_000, None)
+    assert checkpoint_bytes(model.to(torch.bfloat16), "adamw_torch") == (2_002_000, 4_004_000)
+    tied = torch.nn.Sequential(torch.nn.Linear(100, 100, bias=False),
+                               torch.nn.Linear(100, 100, bias=False))
+    tied[1].weight = tied[0].weight
+    assert checkpoint_bytes(tied)[0] == 40_000, "a tied weight is saved once"
+    assert checkpoint_bytes(Adapted(), "adamw_torch") == (32_000, 64_000), \
+        "a PEFT checkpoint holds the adapters and their states only"
+
+
+def test_checkpoint_plan_says_where_how_many_and_how_large(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path / "runs" / "02"), save_strategy="steps",
+                             save_steps=50, save_total_limit=1, optim="adamw_torch",
+                             report_to="none", use_cpu=True)
+    plan = checkpoint_plan(args, torch.nn.Linear(1000, 1000))
+    assert plan.startswith(f"Checkpoints: every 50 steps into {tmp_path / 'runs' / '02'}, "
+                           "the newest 1 kept (save_total_limit).")
+    assert "Each is about 12 MB (weights 4 MB, optimizer states 8 MB)" in plan
+    assert "up to 24 MB at once" in plan and "WARNING" not in plan
+    assert "Resuming from step 50." in checkpoint_plan(args, None, resumed_step=50)
+    off = TrainingArguments(output_dir=str(tmp_path), save_strategy="no", report_to="none",
+                            use_cpu=True)
+    assert checkpoint_plan(off).startswith("Checkpoints: none in this run")
+
+
+def test_checkpoint_plan_warns_when_the_disk_is_short(tmp_path, monkeypatch):
+    import shutil
+
+    from course_utils import training
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(training.shutil, "disk_usage",
+                        lambda path: usage._replace(free=10_000_000))
+    args = TrainingArguments(output_dir=str(tmp_path / "not-yet"), save_strategy="steps",
+                             save_steps=5, save_total_limit=2, optim="adamw_torch",
+                             report_to="none", use_cpu=True)
+    plan = checkpoint_plan(args, torch.nn.Linear(1000, 1000))
+    assert f"WARNING: {tmp_path} has 10 MB free" in plan, "the nearest existing folder"
+    assert "up to 36 MB at once" in plan
+
+
+def test_checkpoint_plan_names_kaggles_quota():
+    """A full fine-tuning checkpoint of a 0.6B-parameter model with AdamW states is ~7 GB;
+    Kaggle keeps /kaggle/working to 20 GB (the model here lives on the meta device: shapes only)."""
+    model = torch.nn.Linear(20_000, 30_000, bias=False, device="meta")  # 0.6 B parameters
+    args = TrainingArguments(output_dir="/kaggle/working/runs/full/02_full_finetuning",
+                             save_strategy="steps", save_steps=50, save_total_limit=1,
+                             optim="adamw_torch", report_to="none", use_cpu=True)
+    plan = checkpoint_plan(args, model)
+    assert "Each is about 7.2 GB (weights 2.4 GB, optimizer states 4.8 GB)" in plan
+    assert "up to 14.4 GB at once" in plan
+    assert "Kaggle keeps /kaggle/working to 20.0 GB in all." in plan
