@@ -425,7 +425,11 @@ def _plan_03(gpu: Gpu, profile: Profile) -> NotebookPlan:
                 lora_dropout=settings["lora_dropout"])
     adapter_states = 2 * lora_parameter_count(shape, settings["r"], settings["target_modules"]) \
         * 4 / MIB
-    sweep = [r for r in settings["sweep_ranks"] if r != settings["r"]]
+    # the sweep trains each rank at the recipe's alpha and at alpha = 2 r, less the main run
+    alpha = settings["lora_alpha"]
+    sweep_runs = {(r, a) for r in settings["sweep_ranks"] for a in (alpha, 2 * r)} \
+        - {(settings["r"], alpha)}
+    sweep = sorted({r for r, _ in sweep_runs})
     training = _training_phase(gpu, shape, "lora", settings, seq, held={},
                                param_dtype=base_dtype, rows=rows,
                                typical_tokens=TYPICAL_ROW_TOKENS, **lora)
@@ -442,11 +446,12 @@ def _plan_03(gpu: Gpu, profile: Profile) -> NotebookPlan:
     if sweep:   # each rank trains a fresh base while the main model stays loaded
         sweep_phase = _training_phase(gpu, shape, "lora", settings, seq,
                                       held={"main adapted model": weights},
-                                      param_dtype=base_dtype, rows=rows * len(sweep),
+                                      param_dtype=base_dtype, rows=rows * len(sweep_runs),
                                       typical_tokens=TYPICAL_ROW_TOKENS,
                                       **{**lora, "lora_rank": max(sweep)})
         phases.append(replace(sweep_phase, name="rank sweep",
-                              note=f"ranks {', '.join(map(str, sweep))}, {settings['max_steps']} "
+                              note=f"{len(sweep_runs)} adapters: ranks {', '.join(map(str, sweep))} "
+                                   f"at alpha {alpha} and at alpha = 2 r, {settings['max_steps']} "
                                    f"steps each"))
     phases.append(Phase("merge", {"adapted model": weights, "merged copy": weights}))
     return NotebookPlan("03", f"LoRA on {profile.chat_model} ({base} base)", gpu, phases)

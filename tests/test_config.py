@@ -136,7 +136,7 @@ def test_full_recipes_match_the_original_course():
     lora = recipe("03_lora", FULL)
     assert (lora["r"], lora["lora_alpha"], lora["lora_dropout"]) == (32, 64, 0.1)
     assert tuple(lora["target_modules"]) == ("q_proj", "k_proj", "v_proj", "o_proj")
-    assert lora["learning_rate"] == 1e-4 and tuple(lora["sweep_ranks"]) == (4, 8, 16, 32)
+    assert lora["learning_rate"] == 1e-4 and tuple(lora["sweep_ranks"]) == (8, 16, 32)
     qlora = recipe("04_qlora", FULL)
     assert (qlora["r"], qlora["lora_alpha"], qlora["lora_dropout"]) == (32, 64, 0.05)
     assert qlora["target_modules"] == "all-linear"

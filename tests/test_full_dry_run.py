@@ -197,10 +197,12 @@ def test_training_used_the_full_recipes_steps_and_checkpoints(executed):
 @pytest.mark.slow
 def test_the_rank_sweep_trained_several_ranks(executed):
     sweep = record(executed, "03_lora").details["rank_sweep"]
-    assert [point["r"] for point in sweep] == [4, 8, 32]   # the main adapter and two more
+    # ranks 4 and 8 at the main adapter's alpha (64) and at alpha = 2 r, and the main adapter
+    assert [(point["r"], point["alpha"]) for point in sweep] == \
+        [(4, 8), (4, 64), (8, 16), (8, 64), (32, 64)]
     assert all(math.isfinite(point["eval loss"]) for point in sweep)
-    assert sweep[0]["trainable parameters"] < sweep[1]["trainable parameters"] < \
-        sweep[2]["trainable parameters"]
+    parameters = {point["r"]: point["trainable parameters"] for point in sweep}
+    assert parameters[4] < parameters[8] < parameters[32]
 
 
 @pytest.mark.slow
