@@ -283,7 +283,8 @@ _QA_TRAINING_FULL = {   # notebooks 02-04 in `full`: the three methods see the s
     "per_device_train_batch_size": (1, "full fine-tuning of Qwen3-0.6B on a T4: 2 rows of 512 "
                                        "tokens are planned above the 10 % headroom "
                                        "(python -m course_utils plan --gpu t4)"),
-    "gradient_accumulation_steps": (16, "the original course's effective batch of 16 rows"),
+    "gradient_accumulation_steps": (16, "an effective batch of 16 rows: 125 steps make one "
+                                        "epoch, and 16 rows give steadier gradients than 1"),
     "warmup_steps": (0.05, "a share below 1: the first 5 % of the steps warm the rate up"),
     "eval_steps": (25, "five points on the evaluation-loss curve"),
     "per_device_eval_batch_size": (2, "the loss upcasts 152k-wide logits to fp32: 8 rows of 512 "
@@ -312,7 +313,8 @@ _LORA_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
     "01": {
         "full": {
-            "learning_rate": (5e-5, "the usual rate to continue pre-training DistilGPT2"),
+            "learning_rate": (5e-5, "TrainingArguments' default rate, a common choice to "
+                                    "continue training a small GPT-2"),
             "max_steps": (1000, "about 8 passes over the passages' blocks"),
             "per_device_train_batch_size": (8, "8 blocks of 128 tokens per step"),
             "warmup_steps": (0.05, "a share below 1: the first 5 % of the steps"),
@@ -338,7 +340,8 @@ RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
     },
     "02": {
         "full": {**_QA_TRAINING_FULL, **_QA_GENERATION["full"],
-                 "learning_rate": (2e-5, "the original course's rate for full fine-tuning")},
+                 "learning_rate": (2e-5, "a common starting rate for full fine-tuning of a "
+                                         "0.6B chat model; not tuned for this profile")},
         "tiny": {**_QA_TRAINING_TINY, **_QA_GENERATION["tiny"],
                  "learning_rate": (2e-4, "high enough to learn the format in 8 steps")},
     },
