@@ -266,7 +266,10 @@ RAG_INSTRUCTION = (
     "words copied from the source, then the number of the source you used in brackets, like "
     "[1]. If the sources do not contain the answer, reply exactly: " + NO_ANSWER
 )
-CLOSED_BOOK_INSTRUCTION = "Answer the question with a short answer of a few words."
+CLOSED_BOOK_INSTRUCTION = (  # the same options as RAG_INSTRUCTION, without the sources
+    "Answer the question with a short answer of a few words. If you do not know the "
+    "answer, reply exactly: " + NO_ANSWER
+)
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 
 
@@ -310,8 +313,43 @@ def rag_prompt(tokenizer, question: str, context: list[dict], system: bool = Tru
 
 
 def closed_book_prompt(tokenizer, question: str, system: bool = True) -> str:
-    """The same model without sources: only what it memorized in training can answer."""
+    """The same model without sources: only what it memorized in training can answer. Like
+    RAG, it may reply "No Answer Present." when it does not know."""
     return chat_prompt(tokenizer, CLOSED_BOOK_INSTRUCTION, f"Question: {question}", system)
+
+
+def few_shot_examples(split: Dataset, n: int = 3, unanswerable: int = 1) -> list[dict]:
+    """n rows of `split` to show as solved examples: the ones with the shortest gold passages
+    (short prompts), `unanswerable` of them answered "No Answer Present.", the others not.
+    Take them from the training split, never from the questions being scored."""
+    if not 0 <= unanswerable <= n:
+        raise ValueError(f"unanswerable must be between 0 and n={n}, got {unanswerable}")
+    rows = sorted(split, key=lambda row: (len(selected_passage(row).split()), row["query"]))
+    refusals = [row for row in rows if reference_answer(row) == NO_ANSWER][:unanswerable]
+    answers = [row for row in rows if reference_answer(row) != NO_ANSWER][:n - unanswerable]
+    if len(refusals) + len(answers) < n:
+        raise ValueError(f"the split holds too few rows for {n} examples ({len(answers)} "
+                         f"answerable, {len(refusals)} unanswerable found)")
+    return answers + refusals
+
+
+def few_shot_prompt(tokenizer, question: str, context: str, examples: list[dict]) -> str:
+    """qa_prompt with solved examples before the question: each example (an MS MARCO row) is
+    an earlier user turn, "Question: ...\nContext: <its gold passage>", answered by an
+    assistant turn holding its reference answer. The model learns the answer style from the
+    conversation instead of from training. Without a chat template: the same turns as text."""
+    turns = [(f"Question: {row['query']}\nContext: {selected_passage(row)}", reference_answer(row))
+             for row in examples]
+    user = f"Question: {question}\nContext: {context}"
+    if not uses_chat_template(tokenizer):
+        shown = "".join(f"{asked}\nAnswer: {answer}\n\n" for asked, answer in turns)
+        return f"{SYSTEM_PROMPT}\n\n{shown}{user}\nAnswer:"
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for asked, answer in turns:
+        messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": user})
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         enable_thinking=False)
 
 
 def qa_test_set(tokenizer, data: DatasetDict, n_test: int = 0) -> tuple[Dataset, list, list]:

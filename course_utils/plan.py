@@ -512,12 +512,16 @@ def rag_prompt_tokens(k: int) -> int:
 
 
 FORCE_TOKENS = 8   # "\n</think>\n\n" and the short lead a forced answer starts with
+FEW_SHOT_EXAMPLES = 3   # solved examples before each question in 05's few-shot baseline
 
 
 def _plan_05(gpu: Gpu, profile: Profile) -> NotebookPlan:
     """Closed book, then RAG: each a pass of up to max_new_tokens (the thinking budget), then
     a pass that forces the answers still thinking (course_utils.evaluation.
-    generate_with_thinking_budget), planned as if every answer needed it."""
+    generate_with_thinking_budget), planned as if every answer needed it. Then the generator
+    is freed and the chat model of 02-04 answers few-shot prompts (the examples and the
+    question, each with its passage: up to FEW_SHOT_EXAMPLES + 1 prompts of max_length),
+    decoded as notebook 02 decodes."""
     shape = ModelShape.from_config(shipped_config(profile.rag_model))
     settings = recipe("05", profile)
     weights = "nf4" if profile.rag_quantization == "4bit" else (
@@ -544,6 +548,19 @@ def _plan_05(gpu: Gpu, profile: Profile) -> NotebookPlan:
         *passes,
         Phase("scoring", {**embedder, "generator": weights_mib(shape, weights),
                           "BERTScore model": _bertscore_mib(profile)}),
+    ]
+    chat = ModelShape.from_config(shipped_config(profile.chat_model))
+    chat_weights = _name(gpu.hardware().dtype)          # load_causal_lm's default dtype
+    decoding = recipe("02", profile)                    # 02's greedy budget and batch
+    held = {**embedder, "BERTScore model": _bertscore_mib(profile)}
+    phases += [
+        _load_phase("few-shot load", weights_mib(chat, chat_weights),
+                    chat.parameter_count() * 2 / MIB, held=held),
+        _generation_phase(gpu, chat, "few-shot generation", chat_weights, questions,
+                          decoding["generation_batch_size"],
+                          (FEW_SHOT_EXAMPLES + 1) * profile.max_length,
+                          decoding["max_new_tokens"],
+                          min(TYPICAL_ANSWER_TOKENS, decoding["max_new_tokens"]), held=held),
     ]
     return NotebookPlan("05", f"RAG with {profile.rag_model} ({weights} weights)", gpu, phases,
                         note=f"reasoning models fill their budget: every batch is planned at "

@@ -223,6 +223,10 @@ class RagRecord(Record):
     # question, "rag" of those routed to the generator. It has a default, so a record
     # without it still loads.
     forced_share: dict[str, float] = field(default_factory=dict)
+    # the zero-training baseline: the chat model of 02-04, prompted with a few solved training
+    # examples and the gold passage, on the same questions (None: not run)
+    few_shot: Scores | None = None
+    few_shot_model_mib: float | None = None    # its weights
 
 
 @dataclass(kw_only=True)
@@ -288,8 +292,17 @@ def save_record(record: Record) -> Path:
     return write_json_atomic(results_path(record.notebook, record.profile), data)
 
 
+def _dataclass_of(hint) -> type | None:
+    """The dataclass a field holds: `Scores`, or `Scores` for `Scores | None`; else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    classes = [arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)]
+    return classes[0] if len(classes) == 1 else None
+
+
 def _build(cls, data: Any, where: str):
-    """A dataclass from a dict, nested dataclass fields included; errors name the field."""
+    """A dataclass from a dict, nested dataclass fields included (an optional one may be
+    null); errors name the field."""
     if not isinstance(data, dict):
         raise ResultsFileError(f"{where} is {type(data).__name__}, expected an object")
     hints = typing.get_type_hints(cls)
@@ -301,9 +314,9 @@ def _build(cls, data: Any, where: str):
         raise ResultsFileError(f"{where} lacks the field(s) {', '.join(missing)}")
     values = {}
     for name in names & set(data):
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, data[name], f"{where}.{name}")
+        nested = _dataclass_of(hints[name])
+        if nested is not None and not (data[name] is None and nested is not hints[name]):
+            values[name] = _build(nested, data[name], f"{where}.{name}")
         else:
             values[name] = data[name]
     return cls(**values)
@@ -362,6 +375,7 @@ def load_record(notebook: str, profile_name: str, kind: type[Record] | None = No
 FINETUNE_NOTEBOOKS = ("02_full_finetuning", "03_lora", "04_qlora")
 RAG_NOTEBOOK = "05_rag"
 BASE_ROW = "base model"
+FEW_SHOT_ROW = "few-shot (05)"
 QUALITY = SCORE_COLUMNS  # the answer-quality columns, named as evaluate_answers names them
 COST = ("trainable_parameters", "trainable_share", "training_mib", "predicted_mib", "model_mib",
         "seconds_per_step", "tokens_per_second")
@@ -413,8 +427,10 @@ def comparison_rows(records: dict[str, Record]) -> list[dict]:
     """One row per method: quality on the shared test split and training cost.
 
     The first row is the base model before any training (from the first fine-tuning notebook
-    found, in course order), the row every method has to beat. Notebook 05 adds the generator
-    without retrieval ("closed-book") and with it ("RAG"); they train nothing.
+    found, in course order), the row every method has to beat. Next comes the same chat model
+    prompted with a few solved examples ("few-shot (05)", zero training), then the methods.
+    Notebook 05 adds its generator without retrieval ("closed-book") and with it ("RAG");
+    they train nothing.
     """
     rows: list[dict] = []
     tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
@@ -422,6 +438,11 @@ def comparison_rows(records: dict[str, Record]) -> list[dict]:
         first = tuned[0]
         rows.append({"method": BASE_ROW, "notebook": first.notebook, **_quality(first.base),
                      "model_mib": first.memory.model_mib})
+    rag = records.get(RAG_NOTEBOOK)
+    if isinstance(rag, RagRecord) and rag.few_shot is not None:
+        rows.append({"method": FEW_SHOT_ROW, "notebook": rag.notebook, **_quality(rag.few_shot),
+                     "trainable_parameters": 0,
+                     "model_mib": rag.few_shot_model_mib})
     for record in tuned:
         rows.append({"method": record.method, "notebook": record.notebook,
                      **_quality(record.tuned),
@@ -432,7 +453,6 @@ def comparison_rows(records: dict[str, Record]) -> list[dict]:
                      "model_mib": record.memory.model_mib,
                      "seconds_per_step": record.training.seconds_per_step,
                      "tokens_per_second": record.training.tokens_per_second})
-    rag = records.get(RAG_NOTEBOOK)
     if isinstance(rag, RagRecord):
         for method, scores in (("closed-book (05)", rag.closed_book), ("RAG (05)", rag.rag)):
             rows.append({"method": method, "notebook": rag.notebook, **_quality(scores),
@@ -468,9 +488,11 @@ def scored_rows(records: dict[str, Record]) -> dict[str, Scores]:
     tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
     if tuned:
         rows[BASE_ROW] = tuned[0].base
+    rag = records.get(RAG_NOTEBOOK)
+    if isinstance(rag, RagRecord) and rag.few_shot is not None:
+        rows[FEW_SHOT_ROW] = rag.few_shot
     for record in tuned:
         rows[record.method] = record.tuned
-    rag = records.get(RAG_NOTEBOOK)
     if isinstance(rag, RagRecord):
         rows["closed-book (05)"], rows["RAG (05)"] = rag.closed_book, rag.rag
     return rows
@@ -478,8 +500,9 @@ def scored_rows(records: dict[str, Record]) -> dict[str, Scores]:
 
 def differences(records: dict[str, Record], metric: str = "token_f1"):
     """Paired differences with 95 % bootstrap intervals, on the shared test questions:
-    every method against its own base, RAG against closed book, and the methods against
-    each other. Rows whose records keep no per-question scores are left out."""
+    every method against its own base, few-shot prompting against the base model it prompts,
+    RAG against closed book, and the methods against each other. Rows whose records keep no
+    per-question scores are left out."""
     import pandas as pd
 
     pairs = []
@@ -488,9 +511,13 @@ def differences(records: dict[str, Record], metric: str = "token_f1"):
         if isinstance(record, FineTuneRecord):
             pairs.append((f"{record.method} - its base", record.tuned, record.base))
     rag = records.get(RAG_NOTEBOOK)
+    tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
+    if isinstance(rag, RagRecord) and rag.few_shot is not None and tuned \
+            and (rag.few_shot.model == tuned[0].base.model
+                 or "" in (rag.few_shot.model, tuned[0].base.model)):   # the same model
+        pairs.append((f"{FEW_SHOT_ROW} - {BASE_ROW}", rag.few_shot, tuned[0].base))
     if isinstance(rag, RagRecord):
         pairs.append(("RAG - closed book (05)", rag.rag, rag.closed_book))
-    tuned = [records[s] for s in FINETUNE_NOTEBOOKS if isinstance(records.get(s), FineTuneRecord)]
     for i, first in enumerate(tuned):
         for second in tuned[i + 1:]:
             pairs.append((f"{first.method} - {second.method}", first.tuned, second.tuned))

@@ -22,6 +22,7 @@ from course_utils.results import (  # noqa: E402
     COLUMN_LABELS,
     COST,
     DESCRIBE,
+    FEW_SHOT_ROW,
     QUALITY,
     ResultsFileError,
     bertscore_label,
@@ -37,7 +38,8 @@ from course_utils.results import (  # noqa: E402
     quality_intervals,
 )
 
-METHODS = [BASE_ROW, "full fine-tuning", "LoRA", "QLoRA", "closed-book (05)", "RAG (05)"]
+METHODS = [BASE_ROW, FEW_SHOT_ROW, "full fine-tuning", "LoRA", "QLoRA", "closed-book (05)",
+           "RAG (05)"]
 
 
 @pytest.fixture
@@ -49,8 +51,12 @@ def test_rows_have_the_base_first_and_one_row_per_method(records):
     rows = comparison_rows(records)
     assert [row["method"] for row in rows] == METHODS
     assert all(list(row) == ["method", "notebook", *DESCRIBE, *QUALITY, *COST] for row in rows)
-    base, full, lora, qlora, closed, rag = rows
+    base, few_shot, full, lora, qlora, closed, rag = rows
     assert base["notebook"] == "02_full_finetuning" and base["token_f1"] == 0.2
+    # the zero-training baseline: the base model prompted with solved examples (notebook 05)
+    assert few_shot["notebook"] == "05_rag" and few_shot["token_f1"] == 0.3
+    assert few_shot["trainable_parameters"] == 0 and few_shot["model_mib"] == 513.0
+    assert few_shot["context"] == "gold passage + 3 examples"
     assert base["trainable_parameters"] is None and base["model_mib"] == 513.0
     assert full["trainable_share"] == 1.0
     assert lora["trainable_parameters"] == 3_317_760
@@ -78,7 +84,10 @@ def test_rows_work_with_some_files_missing(records):
     assert rows[0]["notebook"] == "04_qlora"  # the base comes from what exists
     assert rows[0]["token_f1"] == 0.18
     only_rag = comparison_rows({"05_rag": records["05_rag"]})
-    assert [row["method"] for row in only_rag] == ["closed-book (05)", "RAG (05)"]
+    assert [row["method"] for row in only_rag] == [FEW_SHOT_ROW, "closed-book (05)", "RAG (05)"]
+    without_few_shot = {"05_rag": dataclasses.replace(records["05_rag"], few_shot=None)}
+    assert [row["method"] for row in comparison_rows(without_few_shot)] == \
+        ["closed-book (05)", "RAG (05)"]
     with pytest.raises(ValueError, match="run notebooks 02-05"):
         comparison_rows({})
 
@@ -194,8 +203,8 @@ def test_notebook_06_compares_the_records_it_finds(tmp_path, monkeypatch):
                                cwd=str(notebooks), progress_bar=False)
     saved = load_record("06_comparison", "tiny", ComparisonRecord)
     assert saved.rows == comparison_rows(collect_records("tiny").records)
-    assert [row["method"] for row in saved.rows] == [BASE_ROW, "LoRA", "closed-book (05)",
-                                                     "RAG (05)"]
+    assert [row["method"] for row in saved.rows] == [BASE_ROW, FEW_SHOT_ROW, "LoRA",
+                                                     "closed-book (05)", "RAG (05)"]
     assert list(saved.missing) == ["02_full_finetuning", "04_qlora"]
     text = "".join(output.get("text", "") for cell in nbformat.read(tmp_path / "06.ipynb", 4).cells
                    for output in cell.get("outputs", []))
@@ -217,6 +226,13 @@ def test_differences_carry_paired_intervals():
     assert full["low"] <= full["difference"] <= full["high"] and full["shows a difference"]
     assert "RAG - closed book (05)" in table.index
     assert "full fine-tuning - LoRA" in table.index
+    few_shot = table.loc[f"{FEW_SHOT_ROW} - {BASE_ROW}"]        # what the examples add
+    assert few_shot["difference"] == pytest.approx(0.3 - 0.2)
+    records = synthetic_records()
+    records["05_rag"] = dataclasses.replace(
+        records["05_rag"], few_shot=dataclasses.replace(records["05_rag"].few_shot,
+                                                        model="another/model"))
+    assert f"{FEW_SHOT_ROW} - {BASE_ROW}" not in differences(records).index  # not like with like
     assert (table["n"] == 40).all()
 
 

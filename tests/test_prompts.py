@@ -148,6 +148,62 @@ def test_closed_book_prompt_has_no_sources(chat):
     assert "Sources" not in prompt and CONTEXT not in prompt
 
 
+def test_closed_book_may_say_it_does_not_know_like_rag(chat):
+    """Like with like: both prompts offer the same reply for a question without an answer."""
+    for instruction in (data.CLOSED_BOOK_INSTRUCTION, data.RAG_INSTRUCTION):
+        assert instruction.endswith("reply exactly: " + data.NO_ANSWER)
+    assert data.NO_ANSWER in data.closed_book_prompt(chat, QUESTION, system=False)
+
+
+def msmarco_row(query: str, answer: str, gold: str) -> dict:
+    return {"query": query, "answers": [answer], "query_id": 1, "query_type": "entity",
+            "wellFormedAnswers": [], "passages": {"is_selected": [0, 1],
+                                                  "passage_text": [f"other {query}", gold],
+                                                  "url": ["u0", "u1"]}}
+
+
+EXAMPLE_ROWS = [
+    msmarco_row("what is the capital of france", "Paris", "Paris is the capital of France."),
+    msmarco_row("who wrote hamlet", "William Shakespeare",
+                "Hamlet is a tragedy written by William Shakespeare around 1600 in London."),
+    msmarco_row("what colour is a unicorn's wallet", data.NO_ANSWER, "Unicorns are myths."),
+    msmarco_row("how tall is everest", "8,849 metres",
+                "Mount Everest is 8,849 metres tall, the highest mountain above sea level on "
+                "Earth, on the border of Nepal and China."),
+]
+
+
+def test_few_shot_examples_are_the_shortest_with_one_refusal():
+    split = Dataset.from_list(EXAMPLE_ROWS, features=MSMARCO_FEATURES)
+    chosen = data.few_shot_examples(split, n=3, unanswerable=1)
+    assert [row["query"] for row in chosen] == ["what is the capital of france",
+                                                "who wrote hamlet",
+                                                "what colour is a unicorn's wallet"]
+    with pytest.raises(ValueError, match="too few rows"):
+        data.few_shot_examples(split, n=3, unanswerable=2)
+    with pytest.raises(ValueError, match="between 0 and n"):
+        data.few_shot_examples(split, n=2, unanswerable=3)
+
+
+def test_few_shot_prompt_shows_the_examples_as_earlier_turns(chat, plain):
+    examples = EXAMPLE_ROWS[:3]
+    prompt = data.few_shot_prompt(chat, QUESTION, CONTEXT, examples)
+    # the examples, in order, then the question: the same system message and user turn as qa_prompt
+    assert prompt.startswith("<|im_start|>system\n" + data.SYSTEM_PROMPT)
+    assert prompt.endswith(data.qa_prompt(chat, QUESTION, CONTEXT).split("<|im_end|>\n", 1)[1])
+    positions = [prompt.index("<|im_start|>user\nQuestion: " + row["query"]) for row in examples]
+    assert positions == sorted(positions) and positions[-1] < prompt.index(QUESTION)
+    for row in examples:
+        turn = (f"Question: {row['query']}\nContext: {data.selected_passage(row)}<|im_end|>\n"
+                f"<|im_start|>assistant\n{row['answers'][0]}<|im_end|>")
+        assert turn in prompt
+    assert prompt.count("<|im_start|>assistant\n") == len(examples) + 1
+    assert data.few_shot_prompt(chat, QUESTION, CONTEXT, []) == data.qa_prompt(chat, QUESTION, CONTEXT)
+    text = data.few_shot_prompt(plain, QUESTION, CONTEXT, examples)
+    assert "Question: who wrote hamlet\nContext: Hamlet" in text
+    assert "\nAnswer: William Shakespeare\n" in text and text.endswith(f"{CONTEXT}\nAnswer:")
+
+
 def test_the_shared_test_set(chat):
     rows = [{"query": f"question {i}", "answers": [f"answer {i}"], "query_id": i,
              "query_type": "entity", "wellFormedAnswers": [],

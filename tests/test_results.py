@@ -89,6 +89,24 @@ def test_the_rag_record_keeps_the_share_of_forced_answers():
     assert load_record("05_rag", "tiny", RagRecord).forced_share == {}
 
 
+def test_the_few_shot_scores_are_an_optional_nested_record():
+    """RagRecord.few_shot is `Scores | None`: it loads back as Scores, not as a dict; null and
+    a record written before the field existed load as None; a damaged one names the field."""
+    rag = synthetic_records()["05_rag"]
+    path, data = saved_file(rag)
+    loaded = load_record("05_rag", "tiny", RagRecord)
+    assert isinstance(loaded.few_shot, Scores) and loaded.few_shot == rag.few_shot
+    assert loaded.few_shot.interval("token_f1").n == rag.few_shot.n     # usable as Scores
+    rewrite(path, lambda data: data.update(few_shot=None))
+    assert load_record("05_rag", "tiny", RagRecord).few_shot is None
+    rewrite(path, lambda data: (data.pop("few_shot"), data.pop("few_shot_model_mib")))
+    old = load_record("05_rag", "tiny", RagRecord)
+    assert old.few_shot is None and old.few_shot_model_mib is None
+    rewrite(path, lambda data: data.update(few_shot={"n": 3}))
+    with pytest.raises(ResultsFileError, match="05_rag.json.few_shot lacks the field"):
+        load_record("05_rag", "tiny", RagRecord)
+
+
 def test_numpy_and_torch_values_become_plain_json(lora):
     lora.settings = {"learning_rate": np.float32(0.25), "steps": torch.tensor(3),
                      "modules": ("q_proj", "v_proj"), "nan": float("nan"), "dtype": torch.float32}
