@@ -1,7 +1,7 @@
 """Which value of a setting is best, judged on validation questions only? One run per value.
 
     python -m course_tools.tune 03 LEARNING_RATE 1e-3 3e-3 1e-2 --profile tiny
-    python -m course_tools.tune 05 K 1 2 3 --profile tiny --metric token_f1
+    python -m course_tools.tune 05 TOP_K 1 2 3 --simplest-first
 
 Each value runs the notebook with papermill, with that parameter and SPLIT="validation": the
 notebook then scores its answers on the validation questions instead of the shared test split,
@@ -10,6 +10,13 @@ scores decide; every value's mean, and its paired bootstrap difference from the 
 course_tools/tuning/<profile>/<notebook>-<PARAMETER>.json. RECIPES in course_utils/config.py
 cites that file for the chosen value, and tests/test_tuning.py checks that the recipe holds it:
 the test split is never used to choose anything.
+
+Two rules choose. By default the value with the best validation mean wins. With
+--simplest-first the values are listed from the simplest (cheapest, shortest prompt) up, and the
+first one whose paired 95 % interval against the best contains 0 wins: a few validation
+questions cannot see a smaller gap, so it is not worth paying for (the "one standard error"
+rule of model selection, Hastie, Tibshirani & Friedman, The Elements of Statistical Learning,
+section 7.10).
 """
 
 from __future__ import annotations
@@ -57,9 +64,23 @@ def validation_scores(record, metric: str) -> tuple[float, list[float] | None]:
     return getattr(scores, metric), scores.per_question.get(metric)
 
 
+def choose(runs: list[dict], metric: str, simplest_first: bool = False) -> dict:
+    """The chosen run: the best mean, or (simplest_first) the first run listed whose paired
+    interval against the best contains 0."""
+    pick = min if metric in LOWER_IS_BETTER else max
+    best = pick(runs, key=lambda run: run[metric])
+    if not simplest_first:
+        return best
+    for run in runs:
+        gap = run.get("difference_from_best")
+        if run is best or (gap and gap["low"] <= 0 <= gap["high"]):
+            return run
+    return best
+
+
 def tune(notebook: str, parameter: str, values: list, profile: str = "tiny",
          metric: str = "token_f1", extra: dict | None = None, notebooks_dir: Path | None = None,
-         out_dir: Path = TUNING_DIR) -> dict:
+         out_dir: Path = TUNING_DIR, simplest_first: bool = False) -> dict:
     """Run `notebook` once per value of `parameter` on validation; return and save the table."""
     if len(values) < 2:
         raise ValueError("give at least two values to choose from")
@@ -95,8 +116,13 @@ def tune(notebook: str, parameter: str, values: list, profile: str = "tiny",
         if run["per_question"] and best["per_question"] and run is not best:
             run["difference_from_best"] = paired_difference(best["per_question"],
                                                             run["per_question"]).to_dict()
+    if simplest_first and any(run["per_question"] is None for run in runs):
+        raise ValueError(f"--simplest-first needs per-question scores, and {metric} has none")
+    rule = ("simplest first: the first value listed whose paired 95 % interval against the best "
+            "contains 0" if simplest_first else "the best validation mean")
     result = {"notebook": path.stem, "parameter": parameter, "profile": profile,
-              "metric": metric, "split": "validation", "chosen": best["value"],
+              "metric": metric, "split": "validation", "rule": rule,
+              "best": best["value"], "chosen": choose(runs, metric, simplest_first)["value"],
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "fixed": extra or {}, "runs": [{k: v for k, v in run.items() if k != "per_question"}
                                              for run in runs]}
@@ -110,9 +136,11 @@ def tune(notebook: str, parameter: str, values: list, profile: str = "tiny",
 
 def table(result: dict) -> str:
     metric = result["metric"]
-    lines = [f"{result['notebook']}, {result['parameter']} on validation ({metric}):"]
+    lines = [f"{result['notebook']}, {result['parameter']} on validation ({metric}; chosen by "
+             f"{result.get('rule', 'the best validation mean')}):"]
     for run in result["runs"]:
-        mark = "  <- chosen" if run["value"] == result["chosen"] else ""
+        mark = ("  <- chosen" if run["value"] == result["chosen"] else
+                "  <- best mean" if run["value"] == result.get("best") else "")
         gap = run.get("difference_from_best")
         interval = (f"   vs best {gap['estimate']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]"
                     if gap else "")
@@ -137,13 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--metric", default="token_f1",
                         help="token_f1, exact_match, bertscore_f1 or eval_loss (02-04)")
+    parser.add_argument("--simplest-first", action="store_true",
+                        help="values are listed simplest first; choose the first whose paired "
+                             "interval against the best contains 0")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="other parameters held fixed in every run")
     args = parser.parse_args(argv)
     try:
         extra = dict(item.split("=", 1) for item in args.set)
         tune(args.notebook, args.parameter, [_parse(v) for v in args.values], args.profile,
-             args.metric, {k: _parse(v) for k, v in extra.items()})
+             args.metric, {k: _parse(v) for k, v in extra.items()},
+             simplest_first=args.simplest_first)
     except (ValueError, FileNotFoundError) as error:
         print(f"ERROR: {error}", file=sys.stderr)
         return 2

@@ -72,3 +72,14 @@ def test_values_are_parsed_and_two_are_needed(fake_notebooks):
         [0.003, 2, True, "all-linear"]
     with pytest.raises(ValueError, match="at least two values"):
         tune.tune("02", "LEARNING_RATE", [1e-3], notebooks_dir=fake_notebooks)
+
+
+def test_simplest_first_takes_the_first_value_the_validation_set_cannot_tell_from_the_best():
+    def run(value, mean, low, high=None):
+        gap = None if low is None else {"estimate": 0.01, "low": low, "high": high}
+        return {"value": value, "token_f1": mean, "difference_from_best": gap}
+    runs = [run(1, 0.171, -0.02, 0.04), run(2, 0.180, None), run(3, 0.166, -0.01, 0.05)]
+    assert tune.choose(runs, "token_f1")["value"] == 2                       # best mean
+    assert tune.choose(runs, "token_f1", simplest_first=True)["value"] == 1  # gap not seen
+    runs[0]["difference_from_best"] = {"estimate": 0.1, "low": 0.05, "high": 0.15}
+    assert tune.choose(runs, "token_f1", simplest_first=True)["value"] == 2  # 1 is shown worse
