@@ -55,6 +55,22 @@ test-standalone: setup
 	$(TEST_ENV) COURSE_STANDALONE=all $(BIN)/python -m pytest \
 		tests/test_standalone.py -k fresh_environment -v
 
+# JupyterLab as a student uses it: Debian's Chromium, driven by Playwright, opens notebooks 00
+# and 05 from the file browser, runs them all with the kernel "Python 3 (course)" and checks
+# errors, the profile chosen without environment variables, progress-bar widgets and plots;
+# screenshots and the server's log in build/test-results/browser/ (tests/browser/)
+.PHONY: test-browser browser-deps
+test-browser: setup browser-deps
+	COURSE_BROWSER_TESTS=1 $(BIN)/python -m pytest tests/browser -v --durations=5
+
+# Chromium and a font from Debian: Playwright cannot download its own browsers here. Does
+# nothing when chromium is installed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps:
+	@command -v chromium > /dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core \
+		> /dev/null; }
+
 lint: setup
 	$(BIN)/ruff check course_utils course_tools tests notebooks benchmarks
 
