@@ -1,17 +1,19 @@
 """`python -m course_utils train`: notebooks 02-04's training as one command, in one process or several.
 
     python -m course_utils train --method lora --profile tiny --steps 4
-    accelerate launch --num_processes 2 -m course_utils train --method lora --profile full
+    accelerate launch --multi_gpu --num_processes 2 -m course_utils train --method lora --profile full
     torchrun --nproc_per_node 2 -m course_utils train --method qlora --profile full
     accelerate launch --config_file course_utils/resources/accelerate/fsdp_7b.yaml \\
-        -m course_utils train --method lora --profile full --model Qwen/Qwen2.5-7B-Instruct
+        -m course_utils train --method lora --profile full \\
+        --model deepseek-ai/DeepSeek-R1-Distill-Qwen-7B
 
 The same helpers and recipe rows as the notebooks (course_utils.data, models, training and
 RECIPES["02"|"03"|"04"]), and the Trainer they build. Several processes need nothing of ours:
 a launcher (accelerate launch, torchrun) sets WORLD_SIZE, RANK and LOCAL_RANK, the Trainer
 then wraps the model in DistributedDataParallel (NCCL on GPUs, gloo on CPUs), gives each
 process its share of every batch through a distributed sampler, averages the gradients, and
-saves from the first process only. Under an accelerate config with FSDP it shards parameters,
+saves from the first process only. On a machine with one GPU or none, accelerate launch
+starts several processes only with --multi_gpu (on a CPU they then use gloo). Under an accelerate config with FSDP it shards parameters,
 gradients and optimizer states across the GPUs instead (the 7B case).
 
 Each process writes <output>/ranks/rank-<r>.json: the losses the Trainer logged (averaged over
@@ -149,6 +151,10 @@ def train(method: str, profile="auto", steps: int | None = None, output: str | P
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     launch = Launch.from_environment()
+    if launch.fsdp and method == "qlora":
+        raise ValueError("QLoRA under FSDP is not supported by this command: a 7B model in 4 bits "
+                         "fits one 16 GiB GPU, so train it with DDP (accelerate launch "
+                         "--multi_gpu, or torchrun), or use --method lora with the FSDP config")
     profile = get_profile(profile)
     hardware = rank_hardware(launch)
     settings = recipe(METHOD_NOTEBOOK[method], profile).with_overrides(
@@ -174,6 +180,8 @@ def train(method: str, profile="auto", steps: int | None = None, output: str | P
                            f"sees {args.world_size}: is torch.distributed available?")
     trainer.train()
     saved = output / ("model" if method == "full" else "adapter")
+    if trainer.is_fsdp_enabled:   # gather the shards into one file; sharded, nothing is saved
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(saved))                           # the first process writes it
     record = {"method": method, "profile": profile.name, "model": model_id,
               "rank": launch.rank, "world_size": args.world_size,
