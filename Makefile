@@ -15,7 +15,7 @@ OFFLINE := $(HUB_OFFLINE) TOKENIZERS_PARALLELISM=false
 TEST_RESULTS := $(CURDIR)/build/test-results
 TEST_ENV := COURSE_PROFILE=tiny MPLBACKEND=Agg $(OFFLINE)
 
-.PHONY: course setup run test test-standalone lint standalone lock clean gpu-check
+.PHONY: course setup run test test-standalone lint standalone lock clean gpu-check bench bench-table
 
 course: run
 
@@ -80,6 +80,17 @@ lint: setup
 # with a message; `.venv/bin/python benchmarks/gpu_check.py --cpu-smoke` runs its code on a CPU.
 gpu-check: setup
 	$(OFFLINE) $(BIN)/python benchmarks/gpu_check.py
+
+# Speed and memory side by side in one run, offline, in about 12 minutes on 2 CPU cores: the
+# course's training data path against the pad-to-512 recipe and a plain Trainer, training memory
+# against the estimator, FAISS indexes at 10k-1M vectors, the retriever's embedding path; writes
+# benchmarks/results/bench-<machine>.json and plots, prints the targets it met (see
+# benchmarks/README.md). bench-table writes README's table from the latest results.
+bench: setup
+	$(TEST_ENV) $(BIN)/python benchmarks/bench.py
+
+bench-table: setup
+	$(BIN)/python benchmarks/bench.py --readme
 
 # Standalone copies of every notebook for Kaggle and Colab, and whole_course.ipynb, which runs
 # them all in one upload, in standalone/ (REPO=owner/name also writes standalone/README.md with
