@@ -1,4 +1,4 @@
-"""`python -m course_utils train`: notebooks 02-04's training as one command, in one process or several.
+"""How does a notebook's training run as one command, on one GPU or several? `python -m course_utils train`.
 
     python -m course_utils train --method lora --profile tiny --steps 4
     accelerate launch --multi_gpu --num_processes 2 -m course_utils train --method lora --profile full
