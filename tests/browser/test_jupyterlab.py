@@ -154,9 +154,9 @@ def open_and_run_all(page, name: str):
             break
     else:
         pytest.fail(f"{name} still running after {NOTEBOOK_TIMEOUT_S} s")
+    seconds = time.monotonic() - start
     page.keyboard.press("Control+s")
-    page.wait_for_timeout(1_500)
-    return panel, time.monotonic() - start
+    return panel, seconds
 
 
 def test_notebooks_use_widget_progress_bars():
@@ -172,11 +172,18 @@ def test_run_all_in_jupyterlab(page, lab, name):
     _, _, course = lab
     panel, seconds = open_and_run_all(page, name)
     shot = ARTEFACTS / f"{Path(name).stem}.png"
-    panel.locator(".jp-Notebook").evaluate("n => n.scrollTop = n.scrollHeight")
+    notebook = panel.locator(".jp-Notebook")
+    notebook.evaluate("n => n.scrollTop = n.scrollHeight")
     page.wait_for_timeout(500)
-    page.screenshot(path=str(shot))
-    full = ARTEFACTS / f"{Path(name).stem}-full.png"
-    page.screenshot(path=str(full), full_page=True)
+    page.screenshot(path=str(shot))  # the window as the student sees it at the end
+    # the whole notebook in one picture: a window as tall as the notebook (at most 16,000 px)
+    height = notebook.evaluate("n => n.scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": min(height + 200, 16_000)})
+    notebook.evaluate("n => n.scrollTop = 0")
+    page.wait_for_timeout(1_000)
+    full = ARTEFACTS / f"{Path(name).stem}-whole.png"
+    page.screenshot(path=str(full))
+    page.set_viewport_size({"width": 1400, "height": 1000})
     print(f"{name}: ran in {seconds:.0f} s in the browser; screenshots {shot}, {full}")
 
     # What the browser shows
@@ -186,14 +193,20 @@ def test_run_all_in_jupyterlab(page, lab, name):
     images = panel.locator(".jp-OutputArea-output img").count()
     want_widgets, want_images = EXPECTED[name]
     # What the kernel produced, as JupyterLab saved it
-    nb = nbformat.read(course / "notebooks" / name, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    for _ in range(30):  # JupyterLab saves the notebook (Ctrl+S) with every output
+        nb = nbformat.read(course / "notebooks" / name, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        if all(c.execution_count for c in code):
+            break
+        time.sleep(1)
     errors = [(i, o.get("ename"), o.get("evalue")) for i, c in enumerate(code)
               for o in c.outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
     assert not errors, f"{name}: error outputs (code cell, error, message): {errors}"
     assert not unrun, f"{name}: code cells {unrun} did not run (prompts {prompts})"
     assert len(prompts) == len(code)
+    assert all(c.execution_count for c in code), "JupyterLab did not save the run (Ctrl+S)"
+    assert "127.0.0.1:9" not in text, f"{name} tried to reach the Hugging Face Hub"
     assert "Profile: tiny (offline, packaged models), chosen automatically: no CUDA GPU" in text
     for line in SAYS.get(name, []):
         assert line in text
