@@ -48,6 +48,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate_train_in_step_and_save_a_working_adapter(tmp_path):
     accelerate = shutil.which("accelerate", path=str(BIN)) or "accelerate"
     # --multi_gpu: several processes through torch.distributed.run; on a CPU they use gloo
