@@ -43,6 +43,9 @@ RESULTS_ENV_VAR = "COURSE_RESULTS_DIR"
 # Model ids that start with this prefix name a model shipped inside a PyPI package.
 PACKAGED_PREFIX = "packaged:"
 MIN_TEST_SIZE = 40  # fewer test questions than this make every comparison noise
+# The fewest usable rows a data split may have (course_utils/data.py refuses fewer): below these
+# a run trains on too little to learn, or its evaluation loss or comparison is noise.
+MIN_SPLIT_ROWS = {"train": 32, "validation": 8, "test": MIN_TEST_SIZE}
 
 
 # --- profiles ---------------------------------------------------------------------------------
@@ -541,8 +544,24 @@ def project_root(start: Path | None = None) -> Path | None:
 def cache_dir() -> Path:
     """Converted models and saved indexes: $COURSE_CACHE_DIR or ~/.cache/course_utils."""
     folder = Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "course_utils")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # read-only disk, no permission, or a file where the folder goes
+        raise CacheUnwritableError(folder, error) from error
     return folder
+
+
+class CacheUnwritableError(OSError):
+    """The cache folder cannot be created or written; the message says how to move it."""
+
+    def __init__(self, folder: Path, error: OSError):
+        super().__init__(
+            f"The course cache folder {folder} cannot be used ({type(error).__name__}: "
+            f"{error.strerror or error}). Point the environment variable {CACHE_ENV_VAR} at a "
+            f"writable folder (e.g. `export {CACHE_ENV_VAR}=/tmp/course_cache`, or "
+            f"os.environ[{CACHE_ENV_VAR!r}] = ... in a notebook before loading a model), "
+            f"or make {folder} writable.")
+        self.folder = folder
 
 
 def results_dir(profile_name: str, start: Path | None = None) -> Path:

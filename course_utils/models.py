@@ -20,6 +20,7 @@ in is decided in `course_utils/hardware.py`.
 
 from __future__ import annotations
 
+import errno
 import gc
 import importlib.util
 import json
@@ -27,12 +28,14 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from course_utils.config import PACKAGED_PREFIX, cache_dir
+from course_utils.config import PACKAGED_PREFIX, CacheUnwritableError, cache_dir
 from course_utils.hardware import Hardware, detect_hardware, dtype_name
 
 log = logging.getLogger(__name__)
@@ -129,16 +132,78 @@ def _offline_hint(model_id: str, error: Exception) -> ModelUnavailableError:
     )
 
 
-def converted_packaged_folder(key: str) -> Path:
-    """The safetensors folder of a packaged GGUF model, converting it on first use."""
-    spec = packaged_model(key)
-    if spec.gguf_file is None:
-        return packaged_model_folder(key)
-    target = cache_dir() / "models" / f"{key}-{spec.version}"
-    if (target / CONVERTED_MARKER).is_file():
-        return target
-    source = packaged_model_folder(key)
-    log.info("Converting %s to a safetensors folder in %s (once)", spec.gguf_file, target)
+def _converted_problem(folder: Path) -> str | None:
+    """Why a converted-model folder cannot be used, or None when it is complete.
+
+    Complete means: the marker, written last, is there and readable, and every file it lists
+    has the size it had when written (a copy or a disk that filled up leaves shorter files).
+    """
+    marker = folder / CONVERTED_MARKER
+    if not marker.is_file():
+        return f"it has no completion marker {CONVERTED_MARKER} (its writing was interrupted)"
+    try:
+        written = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
+        for name, size in written.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} holds {path.stat().st_size:,} bytes, not the {size:,} written"
+    except (OSError, ValueError, AttributeError) as error:
+        return f"its marker {CONVERTED_MARKER} cannot be read ({type(error).__name__})"
+    return None
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_stale_staging(models_dir: Path, key: str) -> None:
+    """Delete the staging folders of conversions whose process has died (killed, crashed),
+    with a warning that says how much space was freed. A staging folder is named
+    .<key>-<process id>-<random>; one of another naming is stale after an hour."""
+    stale = []
+    for folder in models_dir.glob(f".{key}-*"):
+        pid = folder.name[len(key) + 2:].split("-", 1)[0]
+        if pid.isdigit():
+            dead = int(pid) != os.getpid() and not _pid_alive(int(pid))
+        else:
+            dead = time.time() - folder.stat().st_mtime > 3600
+        if dead and folder.is_dir():
+            stale.append(folder)
+    if stale:
+        freed = sum(_folder_bytes(folder) for folder in stale)
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        warnings.warn(f"Removed {len(stale)} unfinished model conversion folder(s) in "
+                      f"{models_dir} left by an interrupted run ({freed / 1e6:,.0f} MB freed): "
+                      f"{', '.join(folder.name for folder in stale)}", stacklevel=3)
+
+
+def _set_aside(folder: Path, problem: str) -> Path:
+    """Rename a damaged converted-model folder out of the way (never deleted silently)."""
+    aside = folder.with_name(f"{folder.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+    while aside.exists():
+        aside = aside.with_name(aside.name + "-1")
+    folder.rename(aside)
+    warnings.warn(f"The converted model folder {folder} is incomplete: {problem}. It was set aside "
+                  f"as {aside} (delete it when you like) and the model is converted again.",
+                  stacklevel=3)
+    return aside
+
+
+def _convert_gguf(spec: PackagedModel, source: Path):
+    """(model, tokenizer) of a packaged GGUF file, as a plain fp32 model that can be saved."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=spec.gguf_file)
@@ -155,26 +220,66 @@ def converted_packaged_folder(key: str) -> Path:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.tie_weights()
     model.generation_config = gguf_model.generation_config
+    return model, tokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+
+def converted_packaged_folder(key: str) -> Path:
+    """The safetensors folder of a packaged GGUF model, converting it on first use.
+
+    The conversion is written into a staging folder and renamed into place when complete, so
+    a killed conversion never leaves a folder that looks finished. What such a kill leaves is
+    cleaned up on the next call: staging folders of dead processes are removed, and a target
+    folder without its marker (or with a file cut short) is set aside and converted again.
+    """
+    spec = packaged_model(key)
+    if spec.gguf_file is None:
+        return packaged_model_folder(key)
+    models_dir = cache_dir() / "models"
+    target = models_dir / f"{key}-{spec.version}"
+    problem = _converted_problem(target) if target.exists() else "absent"
+    if problem is None:
+        return target
+    source = packaged_model_folder(key)
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(models_dir, key)
+        if problem != "absent":
+            _set_aside(target, problem)
+        log.info("Converting %s to a safetensors folder in %s (once)", spec.gguf_file, target)
+        model, tokenizer = _convert_gguf(spec, source)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-{os.getpid()}-", dir=models_dir))
+    except OSError as error:
+        if isinstance(error, CacheUnwritableError) or not _is_write_error(error):
+            raise
+        raise CacheUnwritableError(models_dir, error) from error
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
         (staging / CONVERTED_MARKER).write_text(
             json.dumps({"package": spec.package, "version": spec.version,
-                        "gguf_file": spec.gguf_file}, indent=2)
+                        "gguf_file": spec.gguf_file, "files": files}, indent=2)
         )
         try:
             os.rename(staging, target)  # atomic: readers see no folder or a complete one
         except OSError:
-            if not (target / CONVERTED_MARKER).is_file():
+            if _converted_problem(target) is not None:
                 raise
             # another process finished the same conversion first; use theirs
+    except OSError as error:
+        if not _is_write_error(error):
+            raise
+        raise CacheUnwritableError(models_dir, error) from error
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _is_write_error(error: OSError) -> bool:
+    """True for errors that say the cache cannot be written here (not a missing input)."""
+    return error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                           errno.ENOTDIR, errno.EEXIST)
 
 
 def resolve_model_path(model_id: str) -> str:
