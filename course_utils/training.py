@@ -8,9 +8,15 @@ stack lacks:
   beside the losses the Trainer logs there. The Trainer saves that history in every checkpoint
   and restores it on resume, so a resumed run keeps the records of the steps before it.
 - `resume_checkpoint`, which picks the newest COMPLETE checkpoint (`get_last_checkpoint` finds
-  the newest folder; one that a crash left half-written is set aside), and `checkpoint_plan`,
+  the newest folder; one that a crash left half-written or cut short is set aside with a
+  warning and the one before it is tried), and `checkpoint_plan`,
   the line StepStats prints when training begins: where checkpoints go, how many are kept,
   how large each is and whether the disk holds them.
+- Safe resume: StepStats records in every checkpoint the settings that produced it
+  (`run_settings`: learning rate, steps, batch, accumulation, seed, model, LoRA config,
+  training rows) and refuses to resume a checkpoint made with other settings
+  (ResumeSettingsError names the differences and how to start fresh) instead of silently
+  continuing the old run under the new settings' name.
 - `StopOnNonFiniteLoss`, a `TrainerCallback` that stops a run whose logged loss turns NaN or
   inf (an fp16 overflow on a T4, most often) with a message that says what to do.
 - `logging_arguments`, the TrainingArguments that only carry data around (logging, reporting,
@@ -19,15 +25,20 @@ stack lacks:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+import struct
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint
 
 from course_utils import memory
@@ -38,7 +49,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 SET_ASIDE_PREFIX = "incomplete-"
 
 
-class StepStats(TrainerCallback):
+class StepStats(TrainerCallback, ExportableState):
     """Adds one record per optimizer step to `state.log_history`:
 
         {"step": 3, "step_seconds": 1.9, "tokens": 412, "tokens_per_second": 216.8,
@@ -50,18 +61,45 @@ class StepStats(TrainerCallback):
     CPU: the process's resident memory). When training begins it also records
     {"step": n, "train_start_mib": ...}, the memory in use at that moment, and prints
     `checkpoint_plan`: where this run's checkpoints go and how many are kept.
+
+    It also records this run's `run_settings`, which the Trainer saves in every checkpoint's
+    trainer_state.json (under "stateful_callbacks"); a resumed run whose settings differ from
+    its checkpoint's stops with ResumeSettingsError before it trains a step.
     """
 
     def __init__(self, device: str = "cpu"):
         self.device = device
+        self.run_settings = None
         self._step_start = 0.0
         self._tokens_start = 0
+
+    def state(self) -> dict:
+        """What the Trainer saves of this callback in each checkpoint (ExportableState)."""
+        return {"args": {"device": self.device},
+                "attributes": {"run_settings": self.run_settings}}
 
     def _sync(self):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        # The Trainer loads a checkpoint's weights and optimizer before training begins, and a
+        # model of another shape or method fails there with a raw error: compare what is known
+        # now (arguments, model) with the newest complete checkpoint in the output folder.
+        checkpoint = newest_complete_checkpoint(args.output_dir)
+        recorded = checkpoint_settings(checkpoint) if checkpoint else None
+        if recorded:
+            differences = _differences(recorded, run_settings(args, model))
+            if differences:
+                raise ResumeSettingsError(_refusal(checkpoint, args.output_dir, differences))
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None,
+                       **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        self.run_settings = run_settings(args, model, dataset)
+        if state.global_step > 0:  # resuming: the state was read from the checkpoint
+            check_resume_settings(args, state, self.run_settings)
+        state.stateful_callbacks[type(self).__name__] = self.state()
         if state.is_world_process_zero:
             print(checkpoint_plan(args, model, resumed_step=state.global_step))
         memory.reset_peak_memory(self.device)
@@ -166,44 +204,274 @@ def training_summary(log_history: list[dict]) -> dict:
     }
 
 
+# --- the settings a checkpoint was made with --------------------------------------------------
+
+# TrainingArguments that decide what a run trains: resuming with another value of any of them
+# would continue the old run (its scheduler, steps and data order) under the new settings' name.
+RESUME_ARGUMENTS = ("learning_rate", "max_steps", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "seed", "data_seed", "warmup_steps",
+                    "lr_scheduler_type", "weight_decay", "optim")
+LORA_FIELDS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
+               "use_dora", "bias")
+QUANTIZATION_FIELDS = ("quant_method", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
+                       "bnb_4bit_use_double_quant")
+DIGEST_ROWS = 64  # rows of the training data hashed into its fingerprint, spread evenly
+
+
+class ResumeSettingsError(ValueError):
+    """A checkpoint was made with other settings than the run that would resume it."""
+
+
+def _plain(value):
+    """JSON types for a row's values (tensors and arrays become lists), for hashing."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _setting(value):
+    """A setting as JSON keeps it: collections as sorted lists, enums and others as text."""
+    if isinstance(value, (set, list, tuple)):
+        return sorted(str(v) for v in value)
+    if isinstance(value, (int, float, str, bool, type(None))):
+        return value
+    return str(getattr(value, "value", value))
+
+
+def data_fingerprint(dataset) -> str | None:
+    """A short hash of up to DIGEST_ROWS rows spread over the data set (None if unreadable):
+    the same rows give the same hash in every session; other rows almost surely another."""
+    try:
+        n = len(dataset)
+        digest = hashlib.sha256(str(n).encode())
+        for i in sorted({int(i) for i in np.linspace(0, n - 1, min(n, DIGEST_ROWS))}):
+            digest.update(json.dumps(_plain(dataset[i]), sort_keys=True, default=str).encode())
+        return digest.hexdigest()[:16]
+    except Exception:  # a data set without len or indexing: not fingerprinted
+        return None
+
+
+def _model_name(name_or_path: str) -> str:
+    """A hub id as it is; a local folder by its last part (the cache may move)."""
+    return Path(name_or_path).name if Path(name_or_path).exists() else name_or_path
+
+
+def run_settings(args, model=None, train_dataset=None) -> dict:
+    """The settings that decide what a run trains, as plain JSON: the TrainingArguments in
+    RESUME_ARGUMENTS, the model (name, quantization, LoRA config, trainable parameters) and
+    the training data (rows and a fingerprint of them)."""
+    settings = {}
+    for name in RESUME_ARGUMENTS:
+        settings[name] = _setting(getattr(args, name, None))
+    if model is not None:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = getattr(base, "config", None)
+        settings["model"] = _model_name(str(getattr(config, "_name_or_path", "") or ""))
+        quantization = getattr(config, "quantization_config", None)
+        if quantization is not None:
+            values = quantization if isinstance(quantization, dict) else quantization.to_dict()
+            settings["quantization"] = {k: str(values[k]) for k in QUANTIZATION_FIELDS
+                                        if k in values}
+        peft_config = getattr(model, "peft_config", None)
+        if peft_config:
+            adapter = next(iter(peft_config.values())).to_dict()
+            settings["lora"] = {k: _setting(adapter[k]) for k in LORA_FIELDS if k in adapter}
+        settings["trainable_parameters"] = sum(p.numel() for p in model.parameters()
+                                               if p.requires_grad)
+    if train_dataset is not None:
+        try:
+            settings["train_rows"] = len(train_dataset)
+        except TypeError:
+            pass
+        settings["train_data"] = data_fingerprint(train_dataset)
+    return settings
+
+
+def checkpoint_settings(checkpoint) -> dict | None:
+    """The run_settings recorded in a checkpoint, or None when it records none (a checkpoint
+    from before this check, or one trained without StepStats)."""
+    try:
+        state = json.loads((Path(checkpoint) / STATE_FILE).read_text(encoding="utf-8"))
+        return state["stateful_callbacks"]["StepStats"]["attributes"]["run_settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return [f"{name}: {old.get(name)!r} in the checkpoint, {new.get(name)!r} now"
+            for name in sorted(set(old) | set(new), key=lambda n: (n not in RESUME_ARGUMENTS, n))
+            if old.get(name) != new.get(name) and name in old and name in new]
+
+
+def _refusal(checkpoint, output_dir, differences: list[str]) -> str:
+    return (f"Cannot resume {checkpoint}: it was trained with other settings than this run "
+            f"({'; '.join(differences)}). Resuming would report the old run under the new "
+            f"settings. To start fresh, run the notebook with RESUME = False (papermill: `-p "
+            f"RESUME False`), which deletes the run folder, or move {Path(output_dir)} away; to "
+            f"continue the old run instead, set the settings back to the checkpoint's.")
+
+
+def check_resume_settings(args, state, settings: dict) -> None:
+    """Raise ResumeSettingsError when the checkpoint being resumed (its state is `state`) was
+    made with other settings than `settings`; warn when it records none to compare."""
+    checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+    recorded = state.stateful_callbacks.get("StepStats", {})
+    recorded = recorded.get("attributes", {}).get("run_settings") \
+        if isinstance(recorded, dict) else None
+    if not recorded:
+        # the state file of any checkpoint keeps the steps and batch size (the state in memory
+        # already holds this run's steps)
+        try:
+            saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        old = {name: saved.get(key) for name, key in (("max_steps", "max_steps"), (
+            "per_device_train_batch_size", "train_batch_size")) if saved.get(key) is not None}
+        differences = _differences(old, {k: settings.get(k) for k in old})
+        if not differences:
+            warnings.warn(f"{checkpoint} records no training settings (saved by an older "
+                          f"course_utils): resuming it without checking that its learning "
+                          f"rate, model and data match this run's.", stacklevel=2)
+            return
+    else:
+        differences = _differences(recorded, settings)
+    if differences:
+        raise ResumeSettingsError(_refusal(checkpoint, args.output_dir, differences))
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def checkpoint_is_complete(folder: Path) -> bool:
-    """True when a checkpoint folder holds everything a resume needs.
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole, or None: its header says how long it must be."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{path.name} is cut short ({size} bytes)"
+        (length,) = struct.unpack("<Q", head)
+        if 8 + length > size:
+            return f"{path.name} is cut short (its header alone needs {8 + length:,} bytes)"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                      default=0)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return f"{path.name} has an unreadable header"
+    if 8 + length + end > size:
+        return f"{path.name} is cut short ({size:,} of {8 + length + end:,} bytes)"
+    return None
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """Why a torch.save file (a zip archive) is not whole, or None: a file cut short loses the
+    archive's directory, which is written last."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for item in archive.infolist():
+                if item.header_offset + item.compress_size > size:
+                    return f"{path.name} is cut short"
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return f"{path.name} is cut short or damaged (not a complete torch file)"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if path.suffix == ".safetensors":
+        return _safetensors_problem(path)
+    if path.suffix in (".pt", ".pth", ".bin"):
+        return _torch_file_problem(path)
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return f"{path.name} is not valid JSON"
+    return None
+
+
+def checkpoint_problem(folder) -> str | None:
+    """Why a checkpoint folder cannot be resumed, or None when it holds everything whole.
 
     Trainer writes weights, optimizer, scheduler and RNG state first and trainer_state.json last;
-    a folder whose state file is missing, cut short or names another step was interrupted.
+    a folder whose state file is missing, cut short or names another step was interrupted. A
+    weights or optimizer file cut short (a full disk, a copy stopped midway) is found from the
+    file's own layout: a safetensors header gives its length, a torch file ends with a directory.
     """
     folder = Path(folder)
     try:
-        state = json.loads((folder / STATE_FILE).read_text())
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
         step = int(folder.name.rsplit("-", 1)[-1])
-    except (OSError, ValueError):
-        return False
-    has_weights = any((folder / name).is_file() for name in WEIGHT_FILES)
-    has_optimizer = (folder / "optimizer.pt").is_file() and (folder / "scheduler.pt").is_file()
-    return state.get("global_step") == step and has_weights and has_optimizer
+    except (OSError, ValueError) as error:
+        return f"{STATE_FILE} is missing or unreadable ({type(error).__name__})"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return f"{STATE_FILE} is not the state of step {step}"
+    weights = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
+        return "it holds no weights file"
+    files = [folder / "optimizer.pt", folder / "scheduler.pt"]
+    files += [path for path in folder.iterdir() if path.name in ("rng_state.pth", "scaler.pt")]
+    for index in [w for w in weights if w.name.endswith(".index.json")]:
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is not a valid index of weight files"
+        files += [folder / name for name in sorted(shards)]
+    for path in [*weights, *files]:
+        problem = _file_problem(path)
+        if problem:
+            return problem
+    return None
+
+
+def newest_complete_checkpoint(output_dir) -> Path | None:
+    """The complete checkpoint-N folder with the highest N in output_dir (nothing renamed)."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*")
+               if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True):
+        if checkpoint_problem(folder) is None:
+            return folder
+    return None
+
+
+def checkpoint_is_complete(folder: Path) -> bool:
+    """True when a checkpoint folder holds everything a resume needs (see checkpoint_problem)."""
+    return checkpoint_problem(folder) is None
 
 
 def resume_checkpoint(output_dir) -> str | None:
     """The newest complete checkpoint-N folder in output_dir, for
     `trainer.train(resume_from_checkpoint=...)`; None when there is none (start fresh).
 
-    A checkpoint a crash left half-written is renamed to incomplete-checkpoint-N with a
-    warning (kept for inspection, never resumed nor rotated by the Trainer), and the next
-    newest is tried.
+    A checkpoint a crash left half-written, or with a file cut short, is renamed to
+    incomplete-checkpoint-N with a warning that says what is wrong (kept for inspection, never
+    resumed nor rotated by the Trainer), and the next newest is tried. When none is left,
+    training starts from the beginning, with a warning. That the checkpoint was made with this
+    run's settings is checked when training begins (StepStats, check_resume_settings).
     """
     output_dir = Path(output_dir)
+    set_aside = []
     while output_dir.is_dir() and (last := get_last_checkpoint(str(output_dir))) is not None:
         last = Path(last)
-        if checkpoint_is_complete(last):
+        problem = checkpoint_problem(last)
+        if problem is None:
             return str(last)
         aside = last.with_name(SET_ASIDE_PREFIX + last.name)
         if aside.exists():
             aside = last.with_name(f"{SET_ASIDE_PREFIX}{last.name}-{int(time.time())}")
         last.rename(aside)
-        warnings.warn(f"{last} is incomplete (interrupted while saving); set aside as {aside.name}",
+        set_aside.append(aside.name)
+        warnings.warn(f"{last} is incomplete ({problem}; interrupted while saving?); set aside "
+                      f"as {aside.name}, and the checkpoint before it is tried", stacklevel=2)
+    if set_aside:
+        warnings.warn(f"No complete checkpoint left in {output_dir}: training starts from the "
+                      f"beginning (the damaged ones are kept as {', '.join(set_aside)}).",
                       stacklevel=2)
     return None
 

@@ -263,9 +263,13 @@ def test_resumed_run_ends_like_an_uninterrupted_one(base, straight, tmp_path, ca
 
 
 def complete_checkpoint(folder, step: int):
+    """A checkpoint folder whose files are whole (small, but in the formats Trainer writes)."""
+    from safetensors.torch import save_file
+
     folder.mkdir()
-    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt"):
-        (folder / name).write_bytes(b"x")
+    save_file({"weight": torch.zeros(4)}, folder / "model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({"state": {}}, folder / name)
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return folder
 
