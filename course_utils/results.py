@@ -5,7 +5,8 @@ Every notebook writes one record, `results/<profile>/<notebook>.json`: a datacla
 run (setup check, language-model fine-tune, QA fine-tune, RAG, comparison), written and read
 by field name, with a schema version. Summaries, the comparison and the runner read these
 records; no number is typed by hand. A file that is missing, corrupt, of another schema, kind
-or profile raises ResultsFileError naming the file and the notebook to rerun.
+or profile raises ResultsFileError naming the file, what is wrong and the notebook to rerun;
+the comparison (collect_records) skips such a file and says why.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,13 +320,92 @@ def _build(cls, data: Any, where: str):
         if nested is not None and not (data[name] is None and nested is not hints[name]):
             values[name] = _build(nested, data[name], f"{where}.{name}")
         else:
-            values[name] = data[name]
+            values[name] = _checked(data[name], hints[name], f"{where}.{name}")
     return cls(**values)
+
+
+_SIMPLE_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                 dict: "an object", list: "a list"}
+
+
+def _checked(value: Any, hint, where: str) -> Any:
+    """The value of a field whose type is a plain JSON type, checked against its annotation.
+
+    A null in a `float` field is read back as NaN: that is how _jsonable writes NaN. Other
+    nulls are refused unless the field is optional.
+    """
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
+        else (hint,)
+    if value is None:
+        if type(None) in options or Any in options:
+            return None
+        if float in options:
+            return float("nan")
+    kinds = [typing.get_origin(option) or option for option in options]
+    kinds = [kind for kind in kinds if kind in _SIMPLE_TYPES]
+    if not kinds or len(kinds) < len([o for o in options if o is not type(None)]):
+        return value  # Any or a type not checked here
+    for kind in kinds:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind not in (int, float) and isinstance(value, kind):
+            return value
+    shown = "null" if value is None else f"{type(value).__name__} {value!r:.40}"
+    raise ResultsFileError(f"{where} is {shown}, expected "
+                           f"{' or '.join(_SIMPLE_TYPES[kind] for kind in kinds)}")
 
 
 def rerun_hint(notebook: str, profile_name: str) -> str:
     return (f"rerun notebooks/{notebook}.ipynb in the {profile_name} profile (or "
             f"`python -m course_tools run --profile {profile_name} --only {notebook[:2]}`)")
+
+
+_OTHER_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32",
+               b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+class UnreadableJSON(ValueError):
+    """A JSON file's bytes are not complete UTF-8 JSON; `kind` names the problem's class."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+def decode_json_text(path: Path) -> str:
+    """The text of a JSON file, or UnreadableJSON saying what is wrong with its bytes.
+
+    UTF-8 with a byte-order mark (as some Windows editors save) is read as UTF-8; UTF-16 or
+    UTF-32, other encodings, an empty file and a file cut short are refused with a reason.
+    """
+    raw = Path(path).read_bytes()
+    for bom, encoding in _OTHER_BOMS.items():
+        if raw.startswith(bom):
+            raise UnreadableJSON("UnicodeError", f"is saved as {encoding}, not UTF-8 (save "
+                                 f"it as UTF-8)")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]   # a UTF-8 byte-order mark: the text after it is fine
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UnreadableJSON("UnicodeDecodeError", f"is not UTF-8 text (byte "
+                             f"{raw[error.start]:#04x} at offset {error.start:,}: another "
+                             f"encoding, or a damaged file)") from None
+    if not text.strip():
+        raise UnreadableJSON("JSONDecodeError", "is empty (the run that wrote it was "
+                             "interrupted?)")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg.startswith("Unterminated string") or not text[error.pos:].strip():
+            raise UnreadableJSON("JSONDecodeError", f"is cut short: its JSON stops at line "
+                                 f"{text.count(chr(10)) + 1} before it is complete (an "
+                                 f"interrupted write or copy)") from None
+        raise UnreadableJSON("JSONDecodeError", f"is not valid JSON at line {error.lineno}, "
+                             f"column {error.colno}: {error.msg}") from None
+    return text
 
 
 def read_record(path: Path, profile_name: str | None = None,
@@ -335,9 +416,12 @@ def read_record(path: Path, profile_name: str | None = None,
     profile_name = profile_name or path.parent.name
     hint = rerun_hint(notebook, profile_name)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(decode_json_text(path))
+    except OSError as error:
         raise ResultsFileError(f"{path} cannot be read ({type(error).__name__}: {error}); "
+                               f"{hint}") from error
+    except UnreadableJSON as error:  # not UTF-8, empty, cut short or not JSON
+        raise ResultsFileError(f"{path} cannot be read ({error.kind}: the file {error}); "
                                f"{hint}") from error
     if not isinstance(data, dict):
         raise ResultsFileError(f"{path} holds {type(data).__name__}, not a results record; {hint}")
@@ -390,28 +474,35 @@ COLUMN_LABELS = {
 
 @dataclass
 class Collected:
-    """Records found for a profile, and what to run for the missing ones."""
+    """Records found for a profile, and what to run for the missing or damaged ones."""
 
     profile: str
     records: dict[str, Record] = field(default_factory=dict)   # notebook -> record
     missing: dict[str, str] = field(default_factory=dict)      # notebook -> how to make it
+    damaged: dict[str, str] = field(default_factory=dict)      # notebook -> what is wrong
 
     def report(self) -> str:
         found = ", ".join(self.records) or "none"
         lines = [f"results found ({self.profile} profile): {found}"]
-        lines += [f"missing {stem}: {hint}" for stem, hint in self.missing.items()]
+        lines += [f"damaged {stem}, skipped: {message}" for stem, message in self.damaged.items()]
+        lines += [f"missing {stem}: {hint}" for stem, hint in self.missing.items()
+                  if stem not in self.damaged]
         return "\n".join(lines)
 
 
 def collect_records(profile: str, notebooks=(*FINETUNE_NOTEBOOKS, RAG_NOTEBOOK)) -> Collected:
-    """Load the records of the compared notebooks; note the missing ones. A damaged file
-    raises ResultsFileError (it names the notebook to rerun)."""
+    """Load the records of the compared notebooks; note the missing ones. A damaged file is
+    skipped with its message (it names the file, what is wrong and the notebook to rerun) in
+    `damaged` and in `missing`, so the comparison goes on with the others."""
     collected = Collected(profile=profile)
     for stem in notebooks:
         try:
             collected.records[stem] = load_record(stem, profile)
         except FileNotFoundError:
             collected.missing[stem] = rerun_hint(stem, profile).replace("rerun", "run", 1)
+        except ResultsFileError as error:
+            collected.damaged[stem] = str(error)
+            collected.missing[stem] = f"its results file is damaged: {error}"
     return collected
 
 
