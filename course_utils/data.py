@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
-from course_utils.config import Profile
+from course_utils.config import MIN_SPLIT_ROWS, Profile
 
 NO_ANSWER = "No Answer Present."  # MS MARCO's answer when no passage holds one
 MINI_DIR = Path(__file__).parent / "resources" / "mini_msmarco"
@@ -97,39 +97,77 @@ def row_problem(row) -> str | None:
 
 
 def _choose(rows, order, size: int, split: str, where: str) -> list[int]:
-    """Walk `order` (indices into rows), skip malformed rows, keep the first `size` good ones.
+    """Walk `order` (indices into rows), skip malformed and repeated rows, keep the first
+    `size` good ones.
 
-    Warns once with the number of skipped rows and why; raises if no good row is left.
+    Warns once with the number of skipped rows and why. Raises when fewer good rows are left
+    than MIN_SPLIT_ROWS (course_utils/config.py) asks for the split, or, for the test split,
+    fewer than the profile's test_size: every notebook of a profile is judged on the same
+    test questions. A train or validation split smaller than asked for only warns.
     """
-    chosen, skipped = [], Counter()
+    chosen, skipped, seen = [], Counter(), set()
     for index in order:
         if len(chosen) == size:
             break
-        problem = row_problem(rows[int(index)])
+        row = rows[int(index)]
+        problem = row_problem(row)
+        if problem is None:
+            key = (row["query_id"], row["query"])   # the same question twice
+            if key in seen:
+                problem = "a repeated row (same query_id and query)"
+            seen.add(key)
         if problem is None:
             chosen.append(int(index))
         else:
             skipped[problem] += 1
     if skipped:
         reasons = ", ".join(f"{count} x {why}" for why, count in skipped.most_common())
-        warnings.warn(f"skipped {sum(skipped.values())} malformed rows in split {split!r}: "
-                      f"{reasons}", UserWarning, stacklevel=3)
-    if not chosen:
-        raise ValueError(f"Split {split!r} has no usable rows ({sum(skipped.values())} "
-                         f"malformed, {len(rows)} in all). Check {where}: every row needs a "
-                         "query, a non-empty list of answers and equal-length passage lists.")
+        warnings.warn(f"skipped {sum(skipped.values())} malformed rows in split {split!r} "
+                      f"({where}): {reasons}", UserWarning, stacklevel=3)
+    fix = (f"Check {where} (every row needs a query, a non-empty list of answers and "
+           "equal-length passage lists; no question twice), rebuild the shipped files with "
+           "`python -m course_tools.mini_msmarco build`, or use a profile with smaller sizes")
+    needed = size if split == "test" else min(size, MIN_SPLIT_ROWS.get(split, 1))
+    if len(chosen) < max(needed, 1):
+        raise ValueError(f"Split {split!r} has {len(chosen) or 'no'} usable rows, fewer than the "
+                         f"{needed} it needs ({sum(skipped.values())} skipped, {len(rows)} in "
+                         f"all). {fix}.")
+    if len(chosen) < size:
+        warnings.warn(f"split {split!r} of {where} has {len(chosen)} usable rows, fewer than "
+                      f"the {size} the profile asks for: training and evaluation use "
+                      f"{len(chosen)}.", UserWarning, stacklevel=3)
     return sorted(chosen)  # a stable order: the order of the source
 
 
 def _read_jsonl(path: Path) -> list:
-    """One item per line; a line that is not JSON becomes None (a malformed row)."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    """One item per line; a line that is not JSON becomes None (a malformed row), with one
+    warning naming the file and the lines. Bytes that are not UTF-8 raise a ValueError
+    naming the file and the line (a UTF-8 byte-order mark is allowed)."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{path} is saved as UTF-16 (or UTF-32), not UTF-8: save it as UTF-8 "
+                         "or rebuild it with `python -m course_tools.mini_msmarco build`.")
+    try:
+        text = raw.decode("utf-8-sig")   # a UTF-8 byte-order mark is dropped
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ValueError(f"{path} is not UTF-8 text: byte {raw[error.start]:#04x} on line "
+                         f"{line} (another encoding, or a damaged file). Save it as UTF-8 or "
+                         "rebuild it with `python -m course_tools.mini_msmarco build`.") from None
+    rows, bad = [], []
+    for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 rows.append(None)
+                bad.append(number)
+    if bad:
+        last = " (the last line is cut short: the file was not written or copied completely)" \
+            if bad[-1] == len(text.splitlines()) and not text.endswith("\n") else ""
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{path}: line(s) {shown} are not valid JSON and are skipped{last}",
+                      UserWarning, stacklevel=3)
     return rows
 
 

@@ -53,7 +53,7 @@ def test_tiny_profile_loads_offline_with_seeded_sizes():
 
 
 def test_malformed_rows_are_skipped_with_one_warning(tmp_path):
-    good = [make_row(i) for i in range(6)]
+    good = [make_row(i) for i in range(80)]  # 32 train, 8 validation, 40 test: the minimums
     bad = [
         {**make_row(100), "query": ""},
         {**make_row(101), "answers": []},
@@ -62,23 +62,23 @@ def test_malformed_rows_are_skipped_with_one_warning(tmp_path):
         {**make_row(103), "passages": {**make_row(103)["passages"], "is_selected": [2, 0, 0]}},
         {k: v for k, v in make_row(104).items() if k != "query_type"},
     ]
-    write_split(tmp_path, "train", good[:3] + bad, extra_lines=["{not json"])
-    write_split(tmp_path, "validation", good[3:4])
-    write_split(tmp_path, "test", good[4:])
+    write_split(tmp_path, "train", good[:32] + bad, extra_lines=["{not json"])
+    write_split(tmp_path, "validation", good[32:40])
+    write_split(tmp_path, "test", good[40:])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = data._load_from_folder(tmp_path, TINY)
-    messages = [str(w.message) for w in caught if "malformed" in str(w.message)]
+    messages = [str(w.message) for w in caught if str(w.message).startswith("skipped")]
     assert len(messages) == 1
     assert "skipped 6 malformed rows in split 'train'" in messages[0]
     assert "empty query" in messages[0] and "is_selected is not 0/1" in messages[0]
-    assert sorted(loaded["train"]["query_id"]) == [0, 1, 2]
-    assert len(loaded["validation"]) == 1 and len(loaded["test"]) == 2
+    assert sorted(loaded["train"]["query_id"]) == list(range(32))
+    assert len(loaded["validation"]) == 8 and len(loaded["test"]) == 40
 
 
 def test_an_all_bad_split_raises_a_clear_error(tmp_path):
-    write_split(tmp_path, "train", [make_row(1)])
-    write_split(tmp_path, "validation", [{**make_row(2), "answers": "not a list"}])
+    write_split(tmp_path, "train", [make_row(i) for i in range(32)])
+    write_split(tmp_path, "validation", [{**make_row(32), "answers": "not a list"}])
     write_split(tmp_path, "test", [make_row(3)])
     with pytest.raises(ValueError, match="'validation' has no usable rows"), \
             pytest.warns(UserWarning, match="skipped 1 malformed"):
