@@ -1,6 +1,7 @@
 """Command line of the course tooling (developers only, run from the checkout):
 
     python -m course_tools run --profile tiny [--only 03] [--run-dir runs/my-run]
+        (Ctrl-C stops it with exit code 130, the partial notebook marked, a summary written)
     python -m course_tools strip notebooks/*.ipynb
     python -m course_tools store-checked notebooks/03_lora.ipynb runs/<run>/03_lora.ipynb
     python -m course_tools standalone --out standalone [--repo owner/name]
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="execute the notebooks in order with papermill")
     run.add_argument("--profile", default="tiny", help="tiny | full | auto (default: tiny)")
     run.add_argument("--only", nargs="+", metavar="NN",
-                     help="run only these notebooks, by number or name (e.g. 00 03)")
+                     help="run only these notebooks, by number or name (e.g. 00 03 or lora), "
+                          "each once")
     run.add_argument("--notebooks", type=Path, help="folder of notebooks (default: notebooks/)")
     run.add_argument("--run-dir", type=Path, help="where executed notebooks and the summary go")
     run.add_argument("--no-progress", action="store_true", help="hide per-cell progress bars")
@@ -72,11 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         store_checked_files(args.source, args.executed)
         return 0
 
-    from course_tools.runner import NotebookFailed, run_course
+    from course_tools.runner import NotebookFailed, RunInterrupted, run_course
 
     try:
         run_course(profile=args.profile, only=args.only, notebooks_dir=args.notebooks,
                    run_dir=args.run_dir, progress=not args.no_progress)
+    except RunInterrupted as error:  # Ctrl-C: one line, no traceback
+        print(f"\n{error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nInterrupted (Ctrl-C) outside a notebook's execution: no notebook was cut short.",
+              file=sys.stderr)
+        return 130
     except NotebookFailed as error:
         print(f"\nERROR: {error}", file=sys.stderr)
         return 1
