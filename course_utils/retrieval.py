@@ -8,17 +8,22 @@ passages: then HNSW, a graph index that visits only a few thousand passages per 
 An index on disk is a folder of three files written together (atomically):
   index.faiss      the vectors
   passages.jsonl   one {"id", "text", "url"} per vector, in vector order
-  manifest.json    embedding model, dimension, count and a checksum of the passages
-Loading checks all three agree, so an index can never silently answer with the wrong passages.
+  manifest.json    embedding model, dimension, count, a checksum of the passages (ids, texts
+                   and the urls shown as citations) and one of index.faiss
+Loading checks all three agree, so an index can never silently answer with the wrong passages
+or cite the wrong source. load_or_build sets a saved index that cannot be used aside (renamed,
+with a warning naming it) and builds a new one; it never fails on a damaged cache.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +32,9 @@ import numpy as np
 
 APPROXIMATE_FROM = 1_000_000   # corpus size from which "auto" picks HNSW over the exact index
 INDEX_KINDS = ("auto", "flat", "hnsw")
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2            # 2: the checksum covers urls; index.faiss has its own
+MANIFEST_FIELDS = {"format": int, "embedding_model": str, "dimension": int, "count": int,
+                   "checksum": str, "index_sha256": str, "index_kind": str}
 
 
 class IndexMismatchError(ValueError):
@@ -102,10 +109,11 @@ class PassageStore:
         return len(self.ids)
 
     def checksum(self) -> str:
-        """SHA-256 over ids and texts in order: changes if any passage changes or moves."""
+        """SHA-256 over ids, texts and urls in order: changes if any passage or the source it
+        is cited by (its url, or its id when it has none) changes or moves."""
         digest = hashlib.sha256()
-        for pid, text in zip(self.ids, self.texts, strict=True):
-            digest.update(pid.encode() + b"\t" + text.encode("utf-8") + b"\n")
+        for row in zip(self.ids, self.texts, self.urls, strict=True):
+            digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
         return digest.hexdigest()
 
     def passage(self, i: int, score: float) -> RetrievedPassage:
@@ -201,7 +209,8 @@ class Retriever:
 
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-{os.getpid()}-",
+                                        dir=folder.parent))
         try:
             faiss.write_index(self.index, str(staging / "index.faiss"))
             with open(staging / "passages.jsonl", "w", encoding="utf-8") as handle:
@@ -209,7 +218,8 @@ class Retriever:
                                           strict=True):
                     handle.write(json.dumps({"id": pid, "text": text, "url": url}) + "\n")
             # the manifest goes last: a folder without one is never loaded
-            (staging / "manifest.json").write_text(json.dumps(self.manifest(), indent=2))
+            manifest = {**self.manifest(), "index_sha256": _file_sha256(staging / "index.faiss")}
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             for attempt in range(3):  # another process may swap the same folder meanwhile
                 old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{attempt}")
                 try:
@@ -229,7 +239,8 @@ class Retriever:
     @classmethod
     def load(cls, folder: str | Path, embedding_model, model_name: str = "",
              ef_search: int | None = None) -> Retriever:
-        """Load a saved index; raises IndexMismatchError if anything disagrees.
+        """Load a saved index; raises IndexMismatchError naming the file if anything is
+        damaged or disagrees, FileNotFoundError if there is no saved index.
 
         model_name: the embedding model the caller embeds queries with (e.g.
         profile.embedding_model); it must be the one the passages were embedded with.
@@ -237,25 +248,33 @@ class Retriever:
         import faiss
 
         folder = Path(folder)
-        if not (folder / "manifest.json").is_file():
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
             raise FileNotFoundError(f"{folder} holds no saved index (manifest.json missing)")
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = _read_manifest(folder)
         if model_name and manifest["embedding_model"] != model_name:
             raise IndexMismatchError(
                 f"{folder} was built with the embedding model {manifest['embedding_model']!r}, "
                 f"but queries would be embedded with {model_name!r}: their vectors are not "
                 f"comparable. Rebuild the index with this model.")
-        with open(folder / "passages.jsonl", encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-        store = PassageStore(tuple(r["id"] for r in rows), tuple(r["text"] for r in rows),
-                             tuple(r.get("url", "") for r in rows))
+        store = _read_passages(folder / "passages.jsonl")
         if len(store) != manifest["count"]:
             raise IndexMismatchError(f"{folder}/passages.jsonl holds {len(store)} passages, "
                                      f"the manifest says {manifest['count']}")
         if store.checksum() != manifest["checksum"]:
             raise IndexMismatchError(f"the passages in {folder}/passages.jsonl changed since the "
-                                     f"index was built (checksum mismatch): rebuild the index")
-        index = faiss.read_index(str(folder / "index.faiss"))
+                                     f"index was built (checksum mismatch over ids, texts and "
+                                     f"urls): rebuild the index")
+        path = folder / "index.faiss"
+        if not path.is_file():
+            raise IndexMismatchError(f"{path} is missing: rebuild the index")
+        if _file_sha256(path) != manifest["index_sha256"]:
+            raise IndexMismatchError(f"{path} changed since the index was built (checksum "
+                                     f"mismatch; damaged or cut short): rebuild the index")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as error:  # faiss's error for a file it cannot parse
+            raise IndexMismatchError(f"{path} cannot be read by FAISS "
+                                     f"({str(error).strip().splitlines()[-1][:200]})") from None
         if index.d != manifest["dimension"]:
             raise IndexMismatchError(f"index dimension {index.d} != manifest "
                                      f"{manifest['dimension']}")
@@ -264,21 +283,144 @@ class Retriever:
         return cls(index, embedding_model, store, manifest["embedding_model"])
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict:
+    """manifest.json as a dict of MANIFEST_FIELDS; IndexMismatchError naming what is wrong."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise IndexMismatchError(f"{path} is missing (a save was cut short?): rebuild the index")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise IndexMismatchError(f"{path} cannot be read ({type(error).__name__}: "
+                                 f"{error}): rebuild the index") from None
+    if not isinstance(manifest, dict):
+        raise IndexMismatchError(f"{path} holds a {type(manifest).__name__}, not a manifest")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise IndexMismatchError(f"{path} has format {manifest.get('format')!r}, this course "
+                                 f"reads format {MANIFEST_FORMAT}: rebuild the index")
+    wrong = [f"{name} (expected {kind.__name__}, found {manifest.get(name)!r})"
+             for name, kind in MANIFEST_FIELDS.items()
+             if not isinstance(manifest.get(name), kind) or isinstance(manifest.get(name), bool)]
+    if wrong:
+        raise IndexMismatchError(f"{path} has wrong or missing fields: {', '.join(wrong)}")
+    return manifest
+
+
+def _read_passages(path: Path) -> PassageStore:
+    """passages.jsonl as a PassageStore; IndexMismatchError naming the line that is wrong."""
+    ids, texts, urls = [], [], []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise IndexMismatchError(f"{path}, line {number}: not JSON ({error.msg}); "
+                                             f"the file is damaged or cut short") from None
+                if not (isinstance(row, dict) and isinstance(row.get("id"), str)
+                        and isinstance(row.get("text"), str)
+                        and isinstance(row.get("url", ""), str)):
+                    raise IndexMismatchError(f"{path}, line {number}: expected "
+                                             f'{{"id", "text", "url"}} strings')
+                ids.append(row["id"])
+                texts.append(row["text"])
+                urls.append(row.get("url", ""))
+    except FileNotFoundError:
+        raise IndexMismatchError(f"{path} is missing: rebuild the index") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise IndexMismatchError(f"{path} cannot be read ({type(error).__name__}: "
+                                 f"{error})") from None
+    return PassageStore(tuple(ids), tuple(texts), tuple(urls))
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Delete staging folders of saves whose process is gone (killed mid-save)."""
+    for staging in folder.parent.glob(f".{folder.name}.staging-*"):
+        try:
+            pid = int(staging.name.split("staging-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)                      # raises if no such process
+            if pid != os.getpid():
+                continue                         # another process is saving right now
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:                  # a live process of another user
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in sorted(folder.parent.glob(f".{folder.name}.old-*")):  # a swap cut short
+        if not folder.exists():
+            try:
+                os.rename(old, folder)           # the complete earlier index comes back
+                continue
+            except OSError:
+                pass
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside(folder: Path, reason: str) -> Path | None:
+    """Rename an unusable saved index to <folder>.set-aside-<time>, with a warning naming both;
+    returns the new name (None if it could not be renamed, which the warning says too)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    aside = folder.with_name(f"{folder.name}.set-aside-{stamp}")
+    try:
+        os.rename(folder, aside)
+    except OSError as error:
+        warnings.warn(f"The saved index {folder} cannot be used ({reason}) and cannot be set "
+                      f"aside ({error.strerror or error}); a new index is built in memory. "
+                      f"Delete {folder} by hand.", stacklevel=3)
+        return None
+    warnings.warn(f"The saved index {folder} cannot be used ({reason}). It was set aside as "
+                  f"{aside} and a new index is built; delete that folder when you no longer "
+                  f"need it.", stacklevel=3)
+    return aside
+
+
 def load_or_build(folder: str | Path, store: PassageStore, embedding_model, model_name: str,
                   settings: IndexSettings = IndexSettings(), progress: bool = True):
     """Reuse the index saved in `folder` if it holds exactly `store`, else build and save one.
 
-    Returns (retriever, built) where built is False when the saved index was reused.
+    Returns (retriever, built) where built is False when the saved index was reused. A saved
+    index that is damaged (a manifest, passage file or index.faiss that cannot be read or
+    does not match), or was built by another embedding model or over other passages, is set
+    aside with a warning naming it (set_aside) and rebuilt: this never raises for the cache.
     """
+    folder = Path(folder)
+    if folder.parent.is_dir():
+        _remove_stale_staging(folder)
+    reason = None
     try:
         retriever = Retriever.load(folder, embedding_model, model_name, settings.ef_search)
-        same_kind = index_kind(retriever.index) == settings.resolved_kind(len(store))
-        if same_kind and retriever.store.checksum() == store.checksum():
+        wanted = settings.resolved_kind(len(store))
+        if retriever.store.checksum() != store.checksum():
+            reason = (f"its {len(retriever.store)} passages differ from the {len(store)} "
+                      f"asked for in their texts, order or urls")
+        elif index_kind(retriever.index) != wanted:
+            reason = f"it is a {index_kind(retriever.index)} index, {wanted} is asked for"
+        else:
             return retriever, False
-    except (FileNotFoundError, IndexMismatchError):
-        pass
+    except FileNotFoundError:
+        pass                                     # nothing saved yet
+    except (IndexMismatchError, OSError) as error:
+        reason = str(error)
+    if reason is not None:
+        set_aside(folder, reason)
     retriever = Retriever.build(store, embedding_model, model_name, settings, progress)
-    retriever.save(folder)
+    try:
+        retriever.save(folder)
+    except OSError as error:
+        warnings.warn(f"The new index could not be saved to {folder} "
+                      f"({error.strerror or error}); it is used from memory and built again "
+                      f"next time. Set COURSE_CACHE_DIR to a writable folder to keep it.",
+                      stacklevel=2)
     return retriever, True
 
 
