@@ -19,6 +19,7 @@ import functools
 import math
 import re
 import string
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,51 @@ def _check_arguments(prompts, max_new_tokens: int, batch_size: int, tokenizer) -
         )
 
 
+class PromptTooLongError(ValueError):
+    """A prompt and its new tokens do not fit in the model's context."""
+
+
+# transformers' tokenizers say "no limit" with a huge model_max_length (int(1e30))
+_NO_LIMIT = 10_000_000
+
+
+def context_limit(model, tokenizer) -> int | None:
+    """The most positions (prompt + new tokens) the model takes: the smaller of
+    config.max_position_embeddings and the tokenizer's model_max_length; None if neither
+    says."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config   # multimodal configs nest it
+    limits = [value for value in (getattr(config, "max_position_embeddings", None),
+                                  getattr(tokenizer, "model_max_length", None))
+              if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_LIMIT]
+    return min(limits) if limits else None
+
+
+def prompts_too_long(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                     lengths: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """(index, prompt tokens) of each prompt that leaves no room for max_new_tokens in the
+    model's context (context_limit)."""
+    limit = context_limit(model, tokenizer)
+    if limit is None:
+        return []
+    if lengths is None:
+        lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)
+                   ["input_ids"]]
+    return [(i, n) for i, n in enumerate(lengths) if n + max_new_tokens > limit]
+
+
+def too_long_message(model, tokenizer, prompts: Sequence[str], row: int, tokens: int,
+                     max_new_tokens: int, desc: str = "") -> str:
+    """What is wrong with one prompt that does not fit, and which setting to change."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or "the model"
+    return (f"{desc + ': ' if desc else ''}prompt {row} (of {len(prompts)}) is {tokens} tokens; "
+            f"with max_new_tokens={max_new_tokens} it needs {tokens + max_new_tokens} positions, "
+            f"but {name} takes at most {context_limit(model, tokenizer)} "
+            f"(config.max_position_embeddings / tokenizer.model_max_length). Shorten it: fewer "
+            f"or shorter passages (the recipe's k, TOP_K in notebook 05), fewer few-shot "
+            f"examples, or a smaller max_new_tokens. It starts {prompts[row][:60]!r}.")
+
+
 def _stop_token_ids(model, tokenizer, options: dict) -> set[int]:
     """Token ids after which a row has stopped: the end token(s) and the pad token."""
     ids = options.get("eos_token_id")
@@ -100,6 +146,12 @@ def _generate_raw(model, tokenizer, prompts: list[str], max_new_tokens: int, bat
     tokens dropped, whitespace kept) and whether it was cut off, i.e. used all
     `max_new_tokens` without writing an end token."""
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    too_long = prompts_too_long(model, tokenizer, prompts, max_new_tokens, lengths)
+    if too_long:  # checked before generating: past the context the model only writes noise
+        row, tokens = too_long[0]
+        more = f" ({len(too_long) - 1} more prompts are too long.)" if len(too_long) > 1 else ""
+        raise PromptTooLongError(too_long_message(model, tokenizer, prompts, row, tokens,
+                                                  max_new_tokens, desc) + more)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
                    pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
@@ -164,7 +216,8 @@ def generate_answers(
 
     Only the new tokens are decoded, so answers never repeat the prompt. Prompts are batched
     longest first, which keeps padding small; the model's train/eval mode and the tokenizer's
-    padding side are restored afterwards.
+    padding side are restored afterwards. A prompt that leaves no room for max_new_tokens in
+    the model's context raises PromptTooLongError before anything is generated.
     """
     _check_arguments(prompts, max_new_tokens, batch_size, tokenizer)
     prompts = list(prompts)
@@ -545,10 +598,29 @@ def answer_and_score(model, tokenizer, prompts: Sequence[str], references: Seque
                      profile: Profile, max_new_tokens: int, batch_size: int = 8,
                      desc: str = "Generating") -> tuple[list[str], dict]:
     """Greedy answers to `prompts` and their scores (evaluate_answers) in one call: what
-    notebooks 02-04 do for the base model and again for the trained one."""
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, desc=desc)
-    return answers, evaluate_answers(answers, references, profile=profile)
+    notebooks 02-04 do for the base model and again for the trained one.
+
+    A prompt too long for the model's context is not generated: it gets a warning naming it,
+    the answer "" (scored 0), and is listed under "too_long" in the scores (rows, count,
+    limit), so the scores say how many answers were never attempted.
+    """
+    prompts = list(prompts)
+    skipped = prompts_too_long(model, tokenizer, prompts, max_new_tokens)
+    for row, tokens in skipped:
+        warnings.warn(too_long_message(model, tokenizer, prompts, row, tokens, max_new_tokens,
+                                       desc) + " It is scored as an empty answer.",
+                      stacklevel=2)
+    rows = {row for row, _ in skipped}
+    fitting = [i for i in range(len(prompts)) if i not in rows]
+    answers = [""] * len(prompts)
+    generated = generate_answers(model, tokenizer, [prompts[i] for i in fitting],
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc)
+    for i, answer in zip(fitting, generated, strict=True):
+        answers[i] = answer
+    scores = evaluate_answers(answers, references, profile=profile)
+    scores["too_long"] = {"count": len(skipped), "rows": sorted(rows),
+                          "limit": context_limit(model, tokenizer)}
+    return answers, scores
 
 
 SCORE_COLUMNS = ("exact_match", "token_f1", "bertscore_precision", "bertscore_recall",
