@@ -247,8 +247,10 @@ def _check_columns(hub: DatasetDict, where: str) -> None:
 def load_msmarco(profile: Profile) -> DatasetDict:
     """MS MARCO v1.1 as train/validation/test for this profile (features: MSMARCO_FEATURES).
 
-    Malformed rows are skipped with one warning per split; sizes are capped at the profile's
-    train_size, validation_size and test_size.
+    Malformed and repeated rows are skipped with one warning per split; sizes are capped at
+    the profile's train_size, validation_size and test_size. A split left with fewer rows than
+    MIN_SPLIT_ROWS (course_utils/config.py), or a test split with fewer than test_size, is
+    refused with a ValueError naming the file; a shipped file that is not UTF-8 too.
     """
     if profile.dataset == "mini":
         return _load_from_folder(MINI_DIR, profile)

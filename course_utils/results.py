@@ -15,6 +15,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import re
 import tempfile
 import types
 import typing
@@ -374,6 +375,17 @@ class UnreadableJSON(ValueError):
         self.kind = kind
 
 
+def _cut_short(error: json.JSONDecodeError, text: str) -> bool:
+    """True when the JSON error is the end of the text arriving too early: nothing after the
+    error's position but the start of a literal or a number, or a string left open."""
+    rest = text[error.pos:].strip()
+    if error.msg == "Extra data":
+        return False
+    return (error.msg.startswith("Unterminated string") or not rest
+            or any(word.startswith(rest) for word in ("true", "false", "null"))
+            or re.fullmatch(r"-?[0-9]*\.?[0-9]*([eE][+-]?)?[0-9]*", rest) is not None)
+
+
 def decode_json_text(path: Path) -> str:
     """The text of a JSON file, or UnreadableJSON saying what is wrong with its bytes.
 
@@ -399,7 +411,7 @@ def decode_json_text(path: Path) -> str:
     try:
         json.loads(text)
     except json.JSONDecodeError as error:
-        if error.msg.startswith("Unterminated string") or not text[error.pos:].strip():
+        if _cut_short(error, text):
             raise UnreadableJSON("JSONDecodeError", f"is cut short: its JSON stops at line "
                                  f"{text.count(chr(10)) + 1} before it is complete (an "
                                  f"interrupted write or copy)") from None
@@ -446,6 +458,9 @@ def read_record(path: Path, profile_name: str | None = None,
 def load_record(notebook: str, profile_name: str, kind: type[Record] | None = None) -> Record:
     """The record a notebook wrote in a profile; FileNotFoundError says which notebook to run."""
     path = results_path(notebook, profile_name)
+    if path.exists() and not path.is_file():
+        raise ResultsFileError(f"{path} is a folder, not a results file: move it away and "
+                               f"{rerun_hint(notebook, profile_name)}")
     if not path.is_file():
         raise FileNotFoundError(f"No results for {notebook} in the {profile_name} profile "
                                 f"({path}). Run notebooks/{notebook}.ipynb first (or `python -m "
