@@ -178,6 +178,7 @@ def execute_notebook(notebook: Path, output: Path, profile: str, progress: bool 
     """Run one notebook with papermill; raise NotebookFailed naming the notebook and cell.
     parameters: values for its parameters cell besides PROFILE."""
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     started = time.perf_counter()
@@ -203,9 +204,15 @@ def execute_notebook(notebook: Path, output: Path, profile: str, progress: bool 
             f"{error.ename}: {error.evalue}\n"
             f"The executed notebook with the full traceback is at {output}"
         ) from error
+    except DeadKernelError as error:  # the kernel process ended: killed, out of memory
+        raise NotebookFailed(
+            f"{notebook.name}: its kernel died while running ({error}); it may have run out of "
+            f"memory or been killed. The partial executed copy is {output}; the kernel's own "
+            f"messages are in {kernel_log}") from None
     finally:
         if kernel_log.is_file() and kernel_log.stat().st_size == 0:
             kernel_log.unlink()
+    kernel_log.unlink(missing_ok=True)  # a notebook that finished needs none of it
     return time.perf_counter() - started
 
 

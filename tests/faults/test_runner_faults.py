@@ -293,3 +293,21 @@ def test_damaged_results_file_is_one_line_in_the_summary(tmp_path, content):
     assert results["04_qlora"].record is None and "04_qlora.json" in problem
     assert "--only 04" in problem  # what to rerun
     assert (folder / "04_qlora.json").read_bytes() == content  # left for a look
+
+
+# --- a kernel that dies --------------------------------------------------------------------------
+
+
+def test_a_kernel_killed_mid_notebook_is_named_and_the_summary_kept(course, tmp_path, capsys):
+    _notebook(course / "04_dies.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+              "never = True")
+    code, err = _run(["--notebooks", str(course), "--only", "03", "04",
+                      "--run-dir", str(tmp_path / "run")], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert "04_dies.ipynb: its kernel died while running" in err
+    assert f"The partial executed copy is {tmp_path / 'run' / '04_dies.ipynb'}" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["failed"] == "04_dies.ipynb"
+    assert [n["notebook"] for n in summary["notebooks"]] == ["03_quick.ipynb"]
+    assert "**Stopped: 04_dies.ipynb failed**" in (tmp_path / "run" / "summary.md").read_text()
+    assert (tmp_path / "run" / "03_quick.ipynb").is_file()
