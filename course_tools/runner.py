@@ -438,6 +438,9 @@ def run_course(profile: str = "tiny", only: list[str] | None = None,
         read_notebook(notebook)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(run_dir or (root or Path.cwd()) / "runs" / f"{stamp}-{profile}")
+    if run_dir.resolve() == notebooks_dir.resolve():
+        raise RunFolderError(f"--run-dir {run_dir} is the notebooks folder: the executed copies "
+                             f"would overwrite the notebooks themselves. Pass another folder.")
     prepare_run_folder(run_dir, [p.name for p in notebooks] + ["summary.md", "summary.json"])
     os.environ[PROFILE_ENV_VAR] = profile  # the kernels inherit it too
     results_folder = results_dir(profile, start=notebooks_dir)

@@ -198,6 +198,14 @@ def test_unwritable_run_folder_is_one_clear_message(course, tmp_path, capsys, wh
     assert blocker.read_text() == "a file, not a folder"  # left as it was
 
 
+def test_the_notebooks_folder_as_run_folder_is_refused(course, capsys):
+    before = {p.name: p.read_bytes() for p in course.iterdir()}
+    code, err = _run(["--notebooks", str(course), "--only", "03", "--run-dir", str(course)],
+                     capsys)
+    assert code == 2 and "is the notebooks folder" in err and "Pass another folder" in err
+    assert {p.name: p.read_bytes() for p in course.iterdir()} == before
+
+
 def test_earlier_files_in_the_run_folder_are_named_before_being_replaced(course, tmp_path,
                                                                          capsys):
     run_dir = tmp_path / "run"
