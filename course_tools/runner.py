@@ -52,7 +52,7 @@ class RunInterrupted(Exception):
     def __init__(self, notebook: str, partial: Path | None, report: RunReport):
         self.notebook, self.partial, self.report = notebook, partial, report
         where = (f"its partial copy, marked as interrupted, is {partial}" if partial
-                 else "it left no partial copy")
+                 else "it left no readable partial copy")
         super().__init__(f"Interrupted while running {notebook}: {where}; the summary of the "
                          f"{len(report.runs)} notebook(s) that finished is in "
                          f"{report.run_dir / 'summary.md'}")
@@ -350,7 +350,8 @@ def summary_data(report: RunReport) -> dict:
 
 
 def mark_interrupted(output: Path) -> Path | None:
-    """Mark a partial executed copy as interrupted; returns it, or None if there is none.
+    """Mark a partial executed copy as interrupted; returns it, or None if there is none (or
+    it was cut off mid-write and cannot be read).
 
     papermill ends an interrupted execution by calling every pending cell "completed". Here
     the cells that never started get "pending" back, the last cell that started gets
@@ -359,7 +360,7 @@ def mark_interrupted(output: Path) -> Path | None:
     try:
         notebook = nbformat.read(output, as_version=4)
     except (OSError, ValueError):  # none written yet, or cut off mid-write
-        return output if output.exists() else None
+        return None
     started = [i for i, cell in enumerate(notebook.cells)
                if cell.metadata.get("papermill", {}).get("start_time")]
     last = started[-1] if started else 0
@@ -370,10 +371,13 @@ def mark_interrupted(output: Path) -> Path | None:
         elif i > last or not started:
             state["status"] = "pending"
     notebook.metadata["course_runner"] = {
-        "interrupted": True, "interrupted_cell": last + 2,  # counted from 1, after the note
+        "interrupted": True,
+        "interrupted_cell": last + 2 if started else None,  # counted from 1, after the note
         "at": _dt.datetime.now().isoformat(timespec="seconds")}
     notebook.metadata.setdefault("papermill", {})["exception"] = True
-    note = nbformat.v4.new_markdown_cell(INTERRUPTED_NOTE.format(cell=last + 2))
+    note = nbformat.v4.new_markdown_cell(
+        INTERRUPTED_NOTE.format(cell=last + 2) if started else
+        "**This run was interrupted (Ctrl-C) before any cell ran.** Run the notebook again.")
     note.metadata["tags"] = ["course-runner-interrupted"]
     notebook.cells.insert(0, note)
     staging = output.with_name(f".{output.name}.marking")
