@@ -372,7 +372,7 @@ LABELS = {
         "token_f1": "token F1 (95 % interval)", "exact_match": "exact match (95 % interval)",
         "base model": "base model", "few-shot (05)": "few-shot prompting",
         "closed-book (05)": "closed book", "RAG (05)": "RAG",
-        "difference": "token F1 difference, paired 95 % interval",
+        "difference": "token F1 difference (paired 95 % interval)",
         "kl": "forgetting: KL(base || tuned) on general prose", "gain": "learning: token F1 gain",
         "recall": "retrieval on answerable questions", "rag_quality": "answers: token F1",
         "weights": "weights", "gradients": "gradients", "optimizer states": "optimizer states",
@@ -397,7 +397,7 @@ LABELS = {
         "token_f1": "F1 по словам (95 % интервал)", "exact_match": "точное совпадение (95 % интервал)",
         "base model": "базовая модель", "few-shot (05)": "few-shot промпт",
         "closed-book (05)": "без контекста", "RAG (05)": "RAG",
-        "difference": "разность F1 по словам, парный 95 % интервал",
+        "difference": "разность F1 по словам (парный 95 % интервал)",
         "kl": "забывание: KL(база || дообученная) на общих текстах",
         "gain": "обучение: прирост F1 по словам",
         "recall": "поиск по вопросам с ответом", "rag_quality": "ответы: F1 по словам",
@@ -483,23 +483,41 @@ def fig_memory(records, lang, size):
     return fig
 
 
+BILL_PARTS = ("weights", "optimizer states", "gradients", "activations", "logits (loss)",
+              "autocast copies", "step scratch", "overhead")
+
+
+def bill_parts(estimate) -> dict[str, float]:
+    """The parts of a predicted peak that add up to it, in GiB: weights, optimizer states, the
+    larger of the two phases (end of forward or optimizer step) and the overhead."""
+    parts = dict.fromkeys(BILL_PARTS, 0.0)
+    parts["weights"], parts["optimizer states"] = estimate.weights_mib, estimate.optimizer_mib
+    if estimate.forward_mib >= estimate.gradients_mib + estimate.step_scratch_mib:
+        parts["activations"], parts["logits (loss)"] = estimate.activations_mib, estimate.logits_mib
+        parts["autocast copies"] = estimate.autocast_mib
+        parts["gradients"] = estimate.gradients_mib if estimate.accumulating else 0.0
+    else:
+        parts["gradients"], parts["step scratch"] = estimate.gradients_mib, estimate.step_scratch_mib
+    parts["overhead"] = estimate.overhead_mib
+    return {name: value / GIB for name, value in parts.items()}
+
+
 def fig_bill(records, lang, size):
     L = LABELS[lang]
-    bill = seven_b_bill()
+    bill = {method: bill_parts(estimate) for method, estimate in seven_b_bill().items()}
     fig = _figure(size)
     ax = fig.subplots()
-    parts = list(next(iter(bill.values())).components())
     bottoms = [0.0] * len(bill)
-    colors = ["#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
-    for part, color in zip(parts, colors, strict=False):
-        values = [estimate.components()[part] / GIB for estimate in bill.values()]
+    colors = ["#4c72b0", "#c44e52", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+    for part, color in zip(BILL_PARTS, colors, strict=True):
+        values = [parts[part] for parts in bill.values()]
         if max(values) < 0.05:
             continue
         ax.barh([L[m] for m in bill], values, left=bottoms, label=L[part], color=color)
         bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
-    for y, estimate in enumerate(bill.values()):
-        ax.text(bottoms[y] + 1, y, f"{estimate.total_mib / GIB:.1f} {L['gib']}".replace(
-            ".", "," if lang == "ru" else "."), va="center", fontsize=13)
+    for y, total in enumerate(bottoms):
+        ax.text(total + 1, y, f"{Formatter(lang).num(total, 1)} {L['gib']}", va="center",
+                fontsize=13)
     ax.invert_yaxis()
     ax.set_xlim(0, max(bottoms) * 1.18)
     ax.set_xlabel(L["gib"])
@@ -617,21 +635,21 @@ def fig_rag_pipeline(records, lang, size):
     ax.set_ylim(0, 50)
     ax.axis("off")
     boxes = {
-        "query": (2, 30, 14, 12, L["query"], "#dddddd"),
-        "retriever": (22, 28, 20, 16, L["retriever"].format(
+        "query": (1, 30, 12, 14, L["query"], "#dddddd"),
+        "retriever": (19, 28, 22, 18, L["retriever"].format(
             embedder=short_model(rag.models["embedding_model"]), k=rag.settings.get("k")), "#c6dbef"),
-        "augment": (48, 28, 20, 16, L["augment"], "#fdd0a2"),
-        "generator": (74, 28, 24, 16, L["generator"].format(
+        "augment": (47, 28, 22, 18, L["augment"], "#fdd0a2"),
+        "generator": (75, 28, 24, 18, L["generator"].format(
             generator=short_model(rag.models["generator"])), "#c7e9c0"),
-        "index": (22, 4, 20, 13, L["index"].format(corpus=rag.details["corpus_size"]), "#eeeeee"),
-        "no_answer": (48, 4, 26, 13, L["no_answer"], "#f2f2f2"),
+        "index": (19, 3, 22, 14, L["index"].format(corpus=rag.details["corpus_size"]), "#eeeeee"),
+        "no_answer": (47, 3, 28, 14, L["no_answer"], "#f2f2f2"),
     }
     for x, y, w, h, text, color in boxes.values():
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.6", fc=color, ec="0.3"))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=13)
-    for (x0, y0), (x1, y1) in (((16.8, 36), (21.2, 36)), ((42.8, 36), (47.2, 36)),
-                               ((68.8, 36), (73.2, 36)), ((32, 17.8), (32, 27.2)),
-                               ((40, 27.4), (52, 17.8))):
+    for (x0, y0), (x1, y1) in (((13.8, 37), (18.2, 37)), ((41.8, 37), (46.2, 37)),
+                               ((69.8, 37), (74.2, 37)), ((30, 17.8), (30, 27.2)),
+                               ((38, 27.2), (50, 17.8))):
         ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=18,
                                      color="0.2", lw=1.5))
     return fig
