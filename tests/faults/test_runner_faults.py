@@ -319,3 +319,21 @@ def test_a_kernel_killed_mid_notebook_is_named_and_the_summary_kept(course, tmp_
     assert [n["notebook"] for n in summary["notebooks"]] == ["03_quick.ipynb"]
     assert "**Stopped: 04_dies.ipynb failed**" in (tmp_path / "run" / "summary.md").read_text()
     assert (tmp_path / "run" / "03_quick.ipynb").is_file()
+
+
+def test_marking_a_copy_interrupted_before_any_cell_or_cut_mid_write(tmp_path):
+    from course_tools.runner import mark_interrupted
+
+    path = tmp_path / "05_rag.ipynb"
+    nb = new_notebook(cells=[new_code_cell("a = 1"), new_code_cell("b = 2")])
+    for cell in nb.cells:  # what papermill leaves when stopped before the first cell
+        cell.metadata["papermill"] = {"status": "completed", "start_time": None}
+    nbformat.write(nb, path)
+    assert mark_interrupted(path) == path
+    marked = nbformat.read(path, as_version=4)
+    assert "interrupted (Ctrl-C) before any cell ran" in marked.cells[0].source
+    assert [c.metadata["papermill"]["status"] for c in marked.cells[1:]] == ["pending"] * 2
+    assert marked.metadata["course_runner"]["interrupted_cell"] is None
+    path.write_text('{"cells": [')  # cut off while papermill wrote it
+    assert mark_interrupted(path) is None and path.read_text() == '{"cells": ['
+    assert mark_interrupted(tmp_path / "never-written.ipynb") is None
