@@ -25,6 +25,7 @@ stack lacks:
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -235,6 +236,8 @@ def _plain(value):
 
 def _setting(value):
     """A setting as JSON keeps it: collections as sorted lists, enums and others as text."""
+    if isinstance(value, enum.Enum):   # before str: some of transformers' enums are strs
+        return _setting(value.value)
     if isinstance(value, (set, list, tuple)):
         return sorted(str(v) for v in value)
     if isinstance(value, (int, float, str, bool, type(None))):
@@ -274,7 +277,7 @@ def run_settings(args, model=None, train_dataset=None) -> dict:
         quantization = getattr(config, "quantization_config", None)
         if quantization is not None:
             values = quantization if isinstance(quantization, dict) else quantization.to_dict()
-            settings["quantization"] = {k: str(values[k]) for k in QUANTIZATION_FIELDS
+            settings["quantization"] = {k: _setting(values[k]) for k in QUANTIZATION_FIELDS
                                         if k in values}
         peft_config = getattr(model, "peft_config", None)
         if peft_config:

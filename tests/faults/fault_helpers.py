@@ -70,7 +70,7 @@ def tiny_trainer(output_dir, model=None, data=None, **changes):
     from course_utils.training import StepStats, logging_arguments
 
     hardware = detect_hardware(prefer_cpu=True)
-    arguments = dict(max_steps=3, learning_rate=1e-3, per_device_train_batch_size=4,
+    arguments = dict(max_steps=3, learning_rate=1e-3, per_device_train_batch_size=4, optim="adamw_torch",
                      gradient_accumulation_steps=1, warmup_steps=0, save_strategy="steps",
                      save_steps=1, **logging_arguments(hardware, 42))
     arguments.update(changes)
