@@ -6,6 +6,7 @@ argument and what to do, and loses nothing that finished.
 The tests run as root, where chmod does not stop writes: an unwritable run folder is made by
 putting a file where the folder (or one of its parents) should be."""
 
+import dataclasses
 import json
 import os
 import random
@@ -27,18 +28,28 @@ from course_tools.runner import (
     read_results,
     run_course,
 )
-from course_utils.results import save_record, write_json_atomic
+from course_utils.results import SCHEMA_VERSION, SetupRecord, save_record, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Notebook 01 writes a valid record the way save_record does (a whole file put in place); the
+# record is made here, so the kernel need not import torch and the test stays fast.
 WRITES_A_RECORD = """\
-from course_utils.results import SetupRecord, save_record
-save_record(SetupRecord(
-    notebook="01_writes", profile=PROFILE, models={"chat_model": "m"},
-    settings={"max_new_tokens": 24}, notebook_seconds=3.5, device="cpu", dtype="float32",
-    parameters=42, model_mib=1.5, load_seconds=0.25, generate_seconds=0.5,
-    answer="forty-two", similar_cosine=0.75, different_cosine=0.125))
+import os, shutil
+shutil.copy({prepared!r}, os.path.join(os.environ["COURSE_RESULTS_DIR"], PROFILE, "01_writes.json"))
 """
+
+
+def _prepared_record(folder: Path) -> Path:
+    record = SetupRecord(
+        notebook="01_writes", profile="tiny", models={"chat_model": "m"},
+        settings={"max_new_tokens": 24}, notebook_seconds=3.5, device="cpu", dtype="float32",
+        parameters=42, model_mib=1.5, load_seconds=0.25, generate_seconds=0.5,
+        answer="forty-two", similar_cosine=0.75, different_cosine=0.125)
+    path = folder / "prepared-01_writes.json"
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, "kind": record.kind,
+                             **dataclasses.asdict(record)})  # what save_record writes
+    return path
 
 
 def _notebook(path, *sources):
@@ -57,7 +68,8 @@ def course(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "01_writes.ipynb", WRITES_A_RECORD)
+    _notebook(notebooks / "01_writes.ipynb",
+              WRITES_A_RECORD.format(prepared=str(_prepared_record(tmp_path))))
     started = tmp_path / "02-started"
     _notebook(notebooks / "02_sleeps.ipynb", "x = 1",
               f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)",
