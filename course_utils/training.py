@@ -64,8 +64,11 @@ class StepStats(TrainerCallback, ExportableState):
     `checkpoint_plan`: where this run's checkpoints go and how many are kept.
 
     It also records this run's `run_settings`, which the Trainer saves in every checkpoint's
-    trainer_state.json (under "stateful_callbacks"); a resumed run whose settings differ from
-    its checkpoint's stops with ResumeSettingsError before it trains a step.
+    trainer_state.json (under "stateful_callbacks"), and refuses with ResumeSettingsError to
+    mix two runs in one folder: a Trainer built over an output folder whose newest complete
+    checkpoint was made with other arguments or another model stops when it is built (before
+    the Trainer would load weights that do not fit), and a resumed run whose training data
+    differ stops before its first step. Either way nothing is trained or written.
     """
 
     def __init__(self, device: str = "cpu"):
