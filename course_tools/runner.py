@@ -447,7 +447,14 @@ def run_course(profile: str = "tiny", only: list[str] | None = None,
                              f"would overwrite the notebooks themselves. Pass another folder.")
     prepare_run_folder(run_dir, [p.name for p in notebooks] + ["summary.md", "summary.json"])
     os.environ[PROFILE_ENV_VAR] = profile  # the kernels inherit it too
-    results_folder = results_dir(profile, start=notebooks_dir)
+    try:
+        results_folder = results_dir(profile, start=notebooks_dir)
+    except OSError as error:
+        raise RunFolderError(
+            f"Cannot create the results folder {error.filename or ''} "
+            f"({error.strerror or error}; COURSE_RESULTS_DIR="
+            f"{os.environ.get('COURSE_RESULTS_DIR', '(not set)')}). Point COURSE_RESULTS_DIR "
+            f"at a writable folder, or unset it for results/ in the checkout.") from None
 
     report = RunReport(profile=profile, run_dir=run_dir)
     before: dict[str, tuple | None] = {}

@@ -210,6 +210,18 @@ def test_unwritable_run_folder_is_one_clear_message(course, tmp_path, capsys, wh
     assert blocker.read_text() == "a file, not a folder"  # left as it was
 
 
+def test_a_results_folder_that_cannot_be_made_is_one_message(course, tmp_path, capsys,
+                                                             monkeypatch):
+    blocker = tmp_path / "results-file"
+    blocker.write_text("a file where the results folder should be")
+    monkeypatch.setenv("COURSE_RESULTS_DIR", str(blocker))
+    code, err = _run(["--notebooks", str(course), "--only", "03", "--run-dir",
+                      str(tmp_path / "run")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"Cannot create the results folder {blocker / 'tiny'}" in err
+    assert f"COURSE_RESULTS_DIR={blocker})" in err and "writable folder" in err
+
+
 def test_the_notebooks_folder_as_run_folder_is_refused(course, capsys):
     before = {p.name: p.read_bytes() for p in course.iterdir()}
     code, err = _run(["--notebooks", str(course), "--only", "03", "--run-dir", str(course)],
