@@ -277,6 +277,8 @@ def write_json_atomic(path: Path, data: Any) -> Path:
         with os.fdopen(fd, "w") as handle:
             json.dump(_jsonable(data), handle, indent=2)
             handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it replaces the old file (power loss)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
