@@ -68,6 +68,10 @@ def lab(tmp_path_factory):
     settings.mkdir(parents=True)
     # JupyterLab draws only the cells in view by default; the test reads every cell's output
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    notices = course / ".lab-settings" / "@jupyterlab" / "apputils-extension"
+    notices.mkdir(parents=True)  # no "fetch Jupyter news?" toast over the screenshots
+    (notices / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
     env = {k: v for k, v in os.environ.items() if not NOT_A_STUDENTS.match(k)}
     env.update(JUPYTERLAB_SETTINGS_DIR=str(course / ".lab-settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(course / ".lab-workspaces"),
