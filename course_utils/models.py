@@ -195,7 +195,10 @@ def _set_aside(folder: Path, problem: str) -> Path:
     aside = folder.with_name(f"{folder.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
     while aside.exists():
         aside = aside.with_name(aside.name + "-1")
-    folder.rename(aside)
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:  # another process set it aside first
+        return aside
     warnings.warn(f"The converted model folder {folder} is incomplete: {problem}. It was set aside "
                   f"as {aside} (delete it when you like) and the model is converted again.",
                   stacklevel=3)
