@@ -44,8 +44,10 @@ BODY_TOP = 92.0
 FOOTER_TOP = HEIGHT - 30.0
 FONT = "DejaVu Sans"
 MONO = "DejaVu Sans Mono"
-TITLE_PT, BODY_PT, SMALL_BODY_PT, CODE_PT, TABLE_PT, FOOTER_PT = 30, 22, 20, 14, 16, 11
+TITLE_PT, BODY_PT, SMALL_BODY_PT, CODE_PT, TABLE_PT, FOOTER_PT = 30, 24, 20, 14, 16, 11
+CODE_SIZES = (18, 16, 14)   # the largest that fits the code box is used
 REFERENCE_PT = 16
+COVER_TITLE_PT = 36
 MAX_BODY_LINES = 7
 MAX_CODE_LINES = 18
 INSET = 7.2   # text box inner margin (python-pptx's default 0.1 inch)
@@ -368,7 +370,7 @@ LABELS = {
         "loss": "cross-entropy loss", "step": "optimizer step", "train": "training loss",
         "eval": "evaluation loss", "full fine-tuning": "full fine-tuning", "LoRA": "LoRA",
         "QLoRA": "QLoRA", "measured": "measured", "predicted": "predicted (estimator)",
-        "training_mib": "training memory, MiB", "sps": "seconds per optimizer step",
+        "training_mib": "training memory, MiB", "sps": "seconds per step",
         "token_f1": "token F1 (95 % interval)", "exact_match": "exact match (95 % interval)",
         "base model": "base model", "few-shot (05)": "few-shot prompting",
         "closed-book (05)": "closed book", "RAG (05)": "RAG",
@@ -393,7 +395,7 @@ LABELS = {
         "loss": "кросс-энтропия", "step": "шаг оптимизатора", "train": "обучающая выборка",
         "eval": "валидационная выборка", "full fine-tuning": "полное дообучение", "LoRA": "LoRA",
         "QLoRA": "QLoRA", "measured": "измерено", "predicted": "прогноз (оценщик)",
-        "training_mib": "память обучения, МиБ", "sps": "секунд на шаг оптимизатора",
+        "training_mib": "память обучения, МиБ", "sps": "секунд на шаг",
         "token_f1": "F1 по словам (95 % интервал)", "exact_match": "точное совпадение (95 % интервал)",
         "base model": "базовая модель", "few-shot (05)": "few-shot промпт",
         "closed-book (05)": "без контекста", "RAG (05)": "RAG",
@@ -474,7 +476,7 @@ def fig_memory(records, lang, size):
              color="tab:gray")
     left.set_xticks(x, names)
     left.set_title(L["training_mib"])
-    left.legend(frameon=False)
+    left.legend(frameon=False, loc="upper right", fontsize=10)
     left.grid(axis="y", alpha=0.3)
     right.bar(x, [r.training.seconds_per_step for r in tuned], 0.5, color="tab:green")
     right.set_xticks(x, names)
@@ -609,6 +611,7 @@ def fig_retrieval(records, lang, size):
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     names = list(rag.retrieval)
     left.bar(names, [rag.retrieval[n] for n in names], color="tab:purple")
+    left.tick_params(axis="x", rotation=30)
     left.set_ylim(0, 1)
     left.set_title(L["recall"])
     left.grid(axis="y", alpha=0.3)
@@ -618,6 +621,7 @@ def fig_retrieval(records, lang, size):
               yerr=[[i.estimate - i.low for i in intervals], [i.high - i.estimate for i in intervals]],
               color=["tab:gray", "tab:blue"], capsize=5)
     right.set_ylim(0, 1)
+    right.tick_params(axis="x", rotation=30)
     right.set_title(L["rag_quality"])
     right.grid(axis="y", alpha=0.3)
     return fig
@@ -710,12 +714,12 @@ def plain(text: str) -> str:
     return text.replace("**", "").replace("`", "")
 
 
-def wrapped_lines(text: str, width: float, size: float) -> int:
+def wrapped_lines(text: str, width: float, size: float, bold: bool = False) -> int:
     """How many lines `text` takes in a box `width` points wide (greedy word wrap)."""
     words, lines, current = plain(text).split(), 1, ""
     for word in words:
         candidate = f"{current} {word}".strip()
-        if text_width(candidate, size) <= width or not current:
+        if text_width(candidate, size, bold=bold) <= width or not current:
             current = candidate
         else:
             lines, current = lines + 1, word
@@ -747,11 +751,17 @@ def body_lines(slide: Slide, width: float) -> int:
                              size) for level, text in slide.body)
 
 
+def paragraph_space(slide: Slide) -> float:
+    """Points after each paragraph: more on slides of text only."""
+    return 12.0 if slide.layout == "bullets" else 6.0
+
+
 def body_height(slide: Slide, width: float) -> float:
-    """Points the body needs: lines at 1.2 times the type size, 6 points after a paragraph."""
+    """Points the body needs: lines at 1.2 times the type size, space after each paragraph."""
     if not slide.body:
         return 0.0
-    return body_lines(slide, width) * body_size(slide) * 1.2 + len(slide.body) * 6 + 2 * INSET
+    return (body_lines(slide, width) * body_size(slide) * 1.2
+            + len(slide.body) * paragraph_space(slide) + 2 * INSET)
 
 
 def layout_boxes(slide: Slide) -> dict[str, Box]:
@@ -761,7 +771,7 @@ def layout_boxes(slide: Slide) -> dict[str, Box]:
     boxes = {"title": Box("title", MARGIN, TITLE_TOP, inner, TITLE_HEIGHT),
              "footer": Box("footer", MARGIN, FOOTER_TOP, inner, 24)}
     if slide.layout == "title":
-        boxes["title"] = Box("title", MARGIN, 150, inner, 110)
+        boxes["title"] = Box("title", MARGIN, 96, inner, 170)
         boxes["body"] = Box("body", MARGIN, 280, inner, 200)
     elif slide.layout in ("bullets", "references"):
         boxes["body"] = Box("body", MARGIN, BODY_TOP, inner, body_h)
@@ -776,8 +786,24 @@ def layout_boxes(slide: Slide) -> dict[str, Box]:
             boxes["body"] = Box("body", MARGIN, BODY_TOP, inner, text_h)
             top += text_h + 4
         part = "figure" if slide.layout == "wide" else slide.layout
-        boxes[part] = Box(part, MARGIN, top, inner, FOOTER_TOP - top - 6)
+        height = FOOTER_TOP - top - 6
+        if part == "code" and slide.code:
+            height = min(height, len(slide.code) * code_size(slide) * 1.2 + 2 * INSET + 8)
+        boxes[part] = Box(part, MARGIN, top, inner, height)
     return boxes
+
+
+def code_size(slide: Slide) -> float:
+    """The largest of CODE_SIZES at which every code line fits the slide's width and all lines
+    fit below the body."""
+    room = FOOTER_TOP - 6 - BODY_TOP - (body_height(slide, WIDTH - 2 * MARGIN) + 8
+                                        if slide.body else 0) - 2 * INSET - 8
+    width = WIDTH - 2 * MARGIN - 2 * INSET
+    for size in CODE_SIZES:
+        if all(text_width(line, size, mono=True) <= width for line in slide.code) \
+                and len(slide.code) * size * 1.2 <= room:
+            return size
+    return CODE_SIZES[-1]
 
 
 def check_fit(slide: Slide, boxes: dict[str, Box], where: str) -> int:
@@ -798,13 +824,17 @@ def check_fit(slide: Slide, boxes: dict[str, Box], where: str) -> int:
         if len(slide.code) > MAX_CODE_LINES:
             raise SlideSourceError(f"{where}: {len(slide.code)} code lines (at most "
                                    f"{MAX_CODE_LINES}); take fewer lines")
+        if len(slide.code) * code_size(slide) * 1.2 > boxes["code"].h - 2 * INSET + 1:
+            raise SlideSourceError(f"{where}: the code does not fit below the text; take fewer "
+                                   "lines")
         for line in slide.code:
-            if text_width(line, CODE_PT, mono=True) > boxes["code"].w - 2 * INSET:
+            if text_width(line, code_size(slide), mono=True) > boxes["code"].w - 2 * INSET:
                 raise SlideSourceError(f"{where}: the code line {line.strip()!r} is too long "
                                        "for the slide")
-    if wrapped_lines(slide.title, boxes["title"].w - 2 * INSET, TITLE_PT) > \
-            (2 if slide.layout == "title" else 1):
-        raise SlideSourceError(f"{where}: the title {slide.title!r} does not fit on one line")
+    size, most = (COVER_TITLE_PT, 3) if slide.layout == "title" else (TITLE_PT, 1)
+    if wrapped_lines(slide.title, boxes["title"].w - 2 * INSET, size, bold=True) > most:
+        raise SlideSourceError(f"{where}: the title {slide.title!r} takes more than {most} "
+                               "line(s); shorten it")
     return lines
 
 
@@ -904,7 +934,8 @@ def build_pptx(slides: list[Slide], lang: str, records: dict, out: Path, workdir
         shape, frame = _textbox(page, boxes["title"], "Title")
         frame.vertical_anchor = MSO_ANCHOR.BOTTOM if slide.layout == "title" else MSO_ANCHOR.MIDDLE
         paragraph = frame.paragraphs[0]
-        _runs(paragraph, slide.title, 40 if slide.layout == "title" else TITLE_PT, accent)
+        _runs(paragraph, slide.title, COVER_TITLE_PT if slide.layout == "title" else TITLE_PT,
+              accent)
         for run in paragraph.runs:
             run.font.bold = True
         if slide.layout != "title":
@@ -917,7 +948,7 @@ def build_pptx(slides: list[Slide], lang: str, records: dict, out: Path, workdir
             size = body_size(slide)
             for i, (level, text) in enumerate(slide.body):
                 paragraph = frame.paragraphs[0] if i == 0 else frame.add_paragraph()
-                paragraph.space_after = Pt(6)
+                paragraph.space_after = Pt(paragraph_space(slide))
                 if level >= 0:
                     _bullet(paragraph, level)
                 if slide.layout == "title":
@@ -933,7 +964,7 @@ def build_pptx(slides: list[Slide], lang: str, records: dict, out: Path, workdir
             for i, text in enumerate(slide.code):
                 paragraph = frame.paragraphs[0] if i == 0 else frame.add_paragraph()
                 run = paragraph.add_run()
-                run.text, run.font.name, run.font.size = text or " ", MONO, Pt(CODE_PT)
+                run.text, run.font.name, run.font.size = text or " ", MONO, Pt(code_size(slide))
         # table
         if "table" in boxes:
             box = boxes["table"]

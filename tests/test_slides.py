@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -42,9 +43,14 @@ def decks(tiny_record, tmp_path_factory) -> dict:
         patch.setenv("COURSE_RESULTS_DIR", str(folder))
         for stem in slides.NOTEBOOKS:
             save_record(tiny_record(stem))
-    return slides.build(folder / "tiny", tmp_path_factory.mktemp("decks"))
+    # under `make test`, next to the run's records (build/test-results/slides/), where CI keeps
+    # them as the built decks; else in a temporary folder
+    run = os.environ.get("COURSE_RUN_RESULTS")
+    out = Path(run).resolve().parent / "slides" if run else tmp_path_factory.mktemp("decks")
+    return slides.build(folder / "tiny", out)
 
 
+@functools.lru_cache(maxsize=4)
 def pdf_words(pdf: Path) -> list[list[dict]]:
     """Per page, its words with their boxes in points (pdftotext -bbox)."""
     html = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True,
