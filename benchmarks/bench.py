@@ -256,6 +256,9 @@ def main(argv=None) -> int:
                         "benchmarks/results; build/bench-smoke with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and a random 2-layer model: checks the code in seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats (2 timed steps x 2 runs per pipeline, 1 padded step) "
+                             "and shorter latency timing: every part, about half the time")
     parser.add_argument("--readme", action="store_true",
                         help="write README.md's benchmark table from the latest results, then stop")
     args = parser.parse_args(argv)
@@ -270,10 +273,13 @@ def main(argv=None) -> int:
     parts = args.only or PARTS
     if args.smoke:
         sizes = smoke_sizes(Path(tempfile.mkdtemp(prefix="bench-smoke-")))
+    elif args.quick:
+        sizes = (TrainingSizes(steps=2, rounds=2, padded_steps=1, padded_rounds=1),
+                 RetrievalSizes(latency_seconds=1.0))
     else:
         sizes = (TrainingSizes(), RetrievalSizes())
     result = run(parts, *sizes)
-    result["smoke"] = args.smoke
+    result["smoke"], result["quick"] = args.smoke, args.quick
     folder = args.output or (HERE.parent / "build" / "bench-smoke" if args.smoke else RESULTS)
     path = write(result, folder)
     plots = bench_report.plot_all(result, folder)

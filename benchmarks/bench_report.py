@@ -171,9 +171,13 @@ def _plot_embedding(embedding: dict, plt):
 def readme_table(result: dict, source) -> str:
     """The Markdown block README shows between its bench markers."""
     hw = result["hardware"]
+    threads = result.get("training", {}).get("torch_threads")
     lines = [f"Measured {result['date'][:10]} on {hw['cpu']} ({hw['cores']} cores), "
              f"load average {result['load_average']['start'][0]:.1f} at the start, "
-             f"{result['seconds'] / 60:.0f} minutes; every number in `{source}`.",
+             f"{result['seconds'] / 60:.0f} minutes"
+             f"{' (--quick: fewer repeats)' if result.get('quick') else ''}"
+             f"{', torch threads ' + str(threads) if threads else ''}"
+             f"; every number in `{source}`.",
              "", "| what | measured | target | met |", "|---|---|---|---|"]
     for t in result["targets"]:
         met = "n/a" if t["met"] is None else "yes" if t["met"] else "**no**"
