@@ -81,7 +81,7 @@ lint: setup
 gpu-check: setup
 	$(OFFLINE) $(BIN)/python benchmarks/gpu_check.py
 
-# Speed and memory side by side in one run, offline, in about 12 minutes on 2 CPU cores: the
+# Speed and memory side by side in one run, offline (see benchmarks/README.md for its time): the
 # course's training data path against the pad-to-512 recipe and a plain Trainer, training memory
 # against the estimator, FAISS indexes at 10k-1M vectors, the retriever's embedding path; writes
 # benchmarks/results/bench-<machine>.json and plots, prints the targets it met (see

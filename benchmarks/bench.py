@@ -1,6 +1,7 @@
 """`make bench`: the course's speed and memory claims, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench.py              # everything, about 12 minutes on 2 cores
+    .venv/bin/python benchmarks/bench.py              # everything (see benchmarks/README.md for its time)
+    .venv/bin/python benchmarks/bench.py --quick      # every part, fewer repeats
     .venv/bin/python benchmarks/bench.py --only faiss embedding
     .venv/bin/python benchmarks/bench.py --readme     # README's table from the latest results
     .venv/bin/python benchmarks/bench.py --smoke --output /tmp/bench   # seconds: tests the code
