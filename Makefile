@@ -41,7 +41,7 @@ run: setup
 # Stage 2: the unit tests and the learning checks; the checks read stage 1's records from
 # COURSE_RUN_RESULTS (without it they run the notebooks they need themselves). Unit tests that
 # write records write them to $(TEST_RESULTS)/unit, never over stage 1's.
-test: setup
+test: setup slides-deps
 	rm -rf $(TEST_RESULTS)
 	$(TEST_ENV) COURSE_RESULTS_DIR=$(TEST_RESULTS) \
 		$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
@@ -70,6 +70,20 @@ browser-deps:
 	@command -v chromium > /dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core \
 		> /dev/null; }
+
+# The lecture deck: slides/lecture.{ru,en}.md filled with the numbers and figures of the newest
+# run (results/full when notebooks 02-05 are there, else results/tiny; RESULTS=folder picks one),
+# written to slides/build/lecture.{ru,en}.pptx and .pdf (course_tools/slides.py)
+.PHONY: slides slides-deps
+slides: setup slides-deps
+	$(BIN)/python -m course_tools.slides build $(if $(RESULTS),--results $(RESULTS),)
+
+# LibreOffice Impress (PPTX to PDF), poppler-utils (tests/test_slides.py reads the PDF) and
+# DejaVu fonts (Cyrillic) from Debian; does nothing when soffice and pdftotext are installed.
+slides-deps:
+	@command -v soffice > /dev/null && command -v pdftotext > /dev/null || { \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+		--no-install-recommends libreoffice-impress poppler-utils fonts-dejavu-core > /dev/null; }
 
 lint: setup
 	$(BIN)/ruff check course_utils course_tools tests notebooks benchmarks
