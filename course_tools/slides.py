@@ -471,14 +471,16 @@ def fig_memory(records, lang, size):
     tuned = [records[s] for s in NOTEBOOKS[:3]]
     names = [L[r.method].replace(" ", "\n", 1) for r in tuned]
     x = np.arange(len(tuned))
-    left.bar(x - 0.2, [r.memory.training_mib for r in tuned], 0.4, label=L["measured"])
-    left.bar(x + 0.2, [r.memory.predicted_mib for r in tuned], 0.4, label=L["predicted"],
+    left.bar(x - 0.2, [r.memory.training_mib or 0 for r in tuned], 0.4, label=L["measured"])
+    left.bar(x + 0.2, [r.memory.predicted_mib or 0 for r in tuned], 0.4, label=L["predicted"],
              color="tab:gray")
     left.set_xticks(x, names)
     left.set_title(L["training_mib"])
+    tallest = max(max(r.memory.training_mib or 0, r.memory.predicted_mib or 0) for r in tuned)
+    left.set_ylim(0, tallest * 1.35)    # room for the legend above the bars
     left.legend(frameon=False, loc="upper right", fontsize=10)
     left.grid(axis="y", alpha=0.3)
-    right.bar(x, [r.training.seconds_per_step for r in tuned], 0.5, color="tab:green")
+    right.bar(x, [r.training.seconds_per_step or 0 for r in tuned], 0.5, color="tab:green")
     right.set_xticks(x, names)
     right.set_title(L["sps"])
     right.grid(axis="y", alpha=0.3)
