@@ -83,3 +83,19 @@ def test_simplest_first_takes_the_first_value_the_validation_set_cannot_tell_fro
     assert tune.choose(runs, "token_f1", simplest_first=True)["value"] == 1  # gap not seen
     runs[0]["difference_from_best"] = {"estimate": 0.1, "low": 0.05, "high": 0.15}
     assert tune.choose(runs, "token_f1", simplest_first=True)["value"] == 2  # 1 is shown worse
+
+
+def test_notebook_05s_tiny_top_k_is_the_one_chosen_on_validation():
+    """RECIPES["05"]["tiny"]["k"] holds the value the saved tuning run chose on validation
+    (course_tools/tuning/tiny/05_rag-TOP_K.json), and its reason cites that file."""
+    from course_utils.config import RECIPES
+
+    value, reason = RECIPES["05"]["tiny"]["k"]
+    assert value == tune.chosen("05_rag", "TOP_K")
+    saved = json.loads((tune.TUNING_DIR / "tiny" / "05_rag-TOP_K.json").read_text())
+    assert saved["split"] == "validation" and saved["metric"] == "token_f1"
+    assert saved["rule"].startswith("simplest first")
+    assert [run["value"] for run in saved["runs"]] == [1, 2, 3]
+    assert "05_rag-TOP_K.json" in reason and "test split" not in reason
+    means = {run["value"]: f"{run['token_f1']:.3f}" for run in saved["runs"]}
+    assert all(mean in reason for mean in means.values()), (means, reason)
