@@ -29,16 +29,34 @@ import bench_retrieval  # noqa: E402
 from bench_training import paired_ratio  # noqa: E402
 
 
+def committed_results() -> Path | None:
+    """The newest full results in benchmarks/results, or None before the first `make bench`."""
+    try:
+        return bench.latest_results()
+    except FileNotFoundError:
+        return None
+
+
+def latest_or_skip() -> dict:
+    source = committed_results()
+    if source is None:
+        pytest.skip("no make bench results in benchmarks/results yet: run `make bench`, then "
+                    "`make bench-table`, and commit both (see benchmarks/README.md)")
+    return json.loads(source.read_text())
+
+
 def test_readme_table_is_generated_from_the_latest_results():
-    source = bench.latest_results()
-    result = json.loads(source.read_text())
-    expected = bench_report.readme_table(result, source.relative_to(ROOT))
-    assert bench_report.readme_block(ROOT / "README.md") == expected, (
-        "README's benchmark table is out of date: run `make bench-table`")
+    source = committed_results()
+    block = bench_report.readme_block(ROOT / "README.md")
+    if source is None:   # no results: no table, never one typed by hand
+        assert block == "", "README shows a benchmark table but no results back it"
+        return
+    expected = bench_report.readme_table(json.loads(source.read_text()), source.relative_to(ROOT))
+    assert block == expected, "README's benchmark table is out of date: run `make bench-table`"
 
 
 def test_committed_results_hold_every_part_and_target():
-    result = json.loads(bench.latest_results().read_text())
+    result = latest_or_skip()
     for key in ("date", "hardware", "versions", "load_average", "training", "memory",
                 "embedding", "faiss", "targets"):
         assert key in result
@@ -47,7 +65,7 @@ def test_committed_results_hold_every_part_and_target():
 
 
 def test_plots_and_summary_from_the_committed_results(tmp_path):
-    result = json.loads(bench.latest_results().read_text())
+    result = latest_or_skip()
     assert result["embedding"]["max_abs_difference"] < 1e-5   # both paths embed alike
     plots = bench_report.plot_all(result, tmp_path)
     assert [p.name.rsplit("-", 1)[1] for p in plots] == ["training.png", "memory.png",
