@@ -69,6 +69,8 @@ def test_repeated_rows_are_skipped_when_enough_remain(mini):
     write(mini, "test", test + test[:10])
     loaded, said = load(mini)
     assert len(set(loaded["test"]["query_id"])) == len(loaded["test"]) == TINY.test_size
+    repeated = [w for w in said if "a repeated row" in w]
+    assert all(str(mini / "test.jsonl") in w for w in repeated), "a warning names the file"
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
