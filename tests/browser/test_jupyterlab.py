@@ -176,14 +176,14 @@ def test_run_all_in_jupyterlab(page, lab, name):
     _, _, course = lab
     panel, seconds = open_and_run_all(page, name)
     shot = ARTEFACTS / f"{Path(name).stem}.png"
-    notebook = panel.locator(".jp-Notebook")
-    notebook.evaluate("n => n.scrollTop = n.scrollHeight")
+    scroller = panel.locator(".jp-WindowedPanel-outer")  # the notebook's scrolling box
+    scroller.evaluate("n => n.scrollTop = n.scrollHeight")
     page.wait_for_timeout(500)
     page.screenshot(path=str(shot))  # the window as the student sees it at the end
     # the whole notebook in one picture: a window as tall as the notebook (at most 16,000 px)
-    height = notebook.evaluate("n => n.scrollHeight")
+    height = scroller.evaluate("n => n.scrollHeight")
     page.set_viewport_size({"width": 1400, "height": min(height + 200, 16_000)})
-    notebook.evaluate("n => n.scrollTop = 0")
+    scroller.evaluate("n => n.scrollTop = 0")
     page.wait_for_timeout(1_000)
     full = ARTEFACTS / f"{Path(name).stem}-whole.png"
     page.screenshot(path=str(full))
@@ -193,7 +193,7 @@ def test_run_all_in_jupyterlab(page, lab, name):
     # What the browser shows
     prompts = panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
     unrun = [i for i, t in enumerate(prompts) if not re.search(r"\[\d+\]", t)]
-    widgets = panel.locator(".jp-OutputArea-output .widget-progress").count()
+    widgets = panel.locator(".jp-OutputArea-output .widget-hprogress .progress-bar").count()
     images = panel.locator(".jp-OutputArea-output img").count()
     want_widgets, want_images = EXPECTED[name]
     # What the kernel produced, as JupyterLab saved it
@@ -219,5 +219,8 @@ def test_run_all_in_jupyterlab(page, lab, name):
     assert images >= want_images, f"{name}: {images} plot images drawn"
     saved_images = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
     assert saved_images >= want_images
+    saved_widgets = sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                        for c in code for o in c.outputs)
+    assert saved_widgets >= want_widgets
     # the kernel started in the notebooks' folder and found the course folder
     assert (course / "results" / "tiny" / f"{Path(name).stem}.json").is_file()
