@@ -10,9 +10,9 @@ unset) and an empty model cache (HF_HOME set to a new empty folder). It records:
 - minutes: wall-clock time of `make setup`;
 - bytes downloaded, two ways:
   * `archives_bytes`: the size of every package file pip fetched (wheels and source archives),
-    read from pip's own log (PIP_LOG; each "Added NAME from LOCATION" line). A file served from
-    a local mirror or find-links folder is counted by its size on disk, a file from a package
-    index by the size pip printed while downloading it. This is what a student downloads;
+    read from pip's own log (PIP_LOG). A file served from a local mirror or find-links folder
+    is counted by its size on disk, a file from a package index by the bytes of pip's request
+    for it. This is what a student downloads;
   * `network_rx_bytes`: bytes received by the machine's non-loopback network interfaces
     during the run (/proc/net/dev). It counts whatever else the machine received meanwhile,
     and misses what came from a local mirror, so it is shown for reference only;
@@ -44,7 +44,10 @@ RESULTS = HERE / "results"
 README_START, README_END = "<!-- install-cost -->", "<!-- /install-cost -->"
 COMMAND = ["make", "setup"]
 
+# Lines of pip's log (pip 24-26) that name a package file it fetched
 ADDED = re.compile(r"Added (\S+)(?: \(from [^)]*\))? from (\S+?)(?:#\S*)? to build tracker")
+PROCESSING = re.compile(r"Processing (/\S+\.(?:whl|tar\.gz|zip))\b")
+GET = re.compile(r'(https?://[^\s"]+?):\d+ "GET (/\S+\.(?:whl|tar\.gz|zip)) HTTP/[\d.]+" 200 (\d+)')
 DOWNLOADING = re.compile(r"Downloading (\S+) \(([\d.]+) (kB|MB|GB|bytes)\)")
 UNITS = {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
@@ -86,21 +89,27 @@ def network_rx_bytes() -> int:
 
 
 def archives(pip_log: str) -> list[dict]:
-    """Every package file pip fetched: name, where from, and its size in bytes."""
+    """Every package file pip fetched: file name, where from, and its size in bytes. Files from
+    a package index: the bytes of pip's GET (else the size it printed); local files (a mirror,
+    a find-links folder): their size on disk."""
     printed = {m[1]: float(m[2]) * UNITS[m[3]] for m in DOWNLOADING.finditer(pip_log)}
+    got = {unquote(m[2].rsplit("/", 1)[-1]): int(m[3]) for m in GET.finditer(pip_log)}
     found = {}
-    for requirement, location in ADDED.findall(pip_log):
-        if location.startswith("file://") or location.startswith("/"):
+    locations = [location for _, location in ADDED.findall(pip_log)]
+    locations += PROCESSING.findall(pip_log)
+    locations += [f"{m[1]}{m[2]}" for m in GET.finditer(pip_log)]
+    for location in locations:
+        name = unquote(location.rsplit("/", 1)[-1])
+        if location.startswith(("http://", "https://")):
+            size = got.get(name) or int(printed.get(name, 0))
+            source = "package index"
+        else:
             path = Path(unquote(urlparse(location).path) if "://" in location else location)
             if path.is_dir():
                 continue  # the project itself, installed from the clone
             size = path.stat().st_size if path.is_file() else 0
             source = "local mirror"
-        else:
-            filename = location.rsplit("/", 1)[-1]
-            size, source = int(printed.get(filename, 0)), "package index"
-        found[location] = {"requirement": requirement, "file": unquote(location.rsplit("/", 1)[-1]),
-                           "source": source, "bytes": size}
+        found.setdefault(name, {"file": name, "source": source, "bytes": size})
     return sorted(found.values(), key=lambda a: -a["bytes"])
 
 
@@ -145,7 +154,7 @@ def measure(keep: bool = False) -> dict:
                        "clone_without_venv": disk_bytes(clone) - disk_bytes(venv)},
         "largest_archives": fetched[:10],
         "how": "archives_bytes: sizes of the package files named in pip's log (local files "
-               "by their size on disk, downloads by the size pip printed); network_rx_bytes: "
+               "by their size on disk, downloads by the bytes pip's request received); network_rx_bytes: "
                "/proc/net/dev delta of non-loopback interfaces, includes other traffic",
     }
     if not keep:
