@@ -177,7 +177,7 @@ def test_run_all_in_jupyterlab(page, lab, name):
     panel, seconds = open_and_run_all(page, name)
     shot = ARTEFACTS / f"{Path(name).stem}.png"
     scroller = panel.locator(".jp-WindowedPanel-outer")  # the notebook's scrolling box
-    scroller.evaluate("n => n.scrollTop = n.scrollHeight")
+    panel.locator(".jp-Cell").last.scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     page.screenshot(path=str(shot))  # the window as the student sees it at the end
     # the whole notebook in one picture: a window as tall as the notebook (at most 16,000 px)
