@@ -171,16 +171,20 @@ def gib(n: int) -> str:
 def readme_text(result: dict, source) -> str:
     """README's sentence of figures, from one results file."""
     m, d = result["machine"], result["disk_bytes"]
+    if result.get("archives_bytes") is None:  # a run whose package files were not counted
+        fetched = (f"received {gib(result['network_rx_bytes'])} over the machine's network "
+                   f"(package files not counted in this run: {result.get('note', 'see the file')})")
+    else:
+        largest = result["largest_archives"][0]
+        fetched = (f"fetched {result['archives_count']} package files of "
+                   f"{gib(result['archives_bytes'])} ({gib(result['archives_from']['package index'])} "
+                   f"downloaded from the package index, {gib(result['archives_from']['local mirror'])} "
+                   f"read from the measuring machine's local package mirror; the largest "
+                   f"{largest['file'].split('-')[0]}, {gib(largest['bytes'])}; the machine received "
+                   f"{gib(result['network_rx_bytes'])} over its network meanwhile)")
     return (f"Measured from nothing (`python benchmarks/install_cost.py`: a fresh clone, empty pip "
             f"and model caches) on {m['cores']} CPU cores ({m['cpu']}), {result['date'][:10]}: "
-            f"`make setup` took {result['minutes']:.1f} minutes and fetched "
-            f"{result['archives_count']} package files of {gib(result['archives_bytes'])} "
-            f"({gib(result['archives_from']['package index'])} downloaded from the package "
-            f"index, {gib(result['archives_from']['local mirror'])} read from the measuring "
-            f"machine's local package mirror; the largest "
-            f"{result['largest_archives'][0]['file'].split('-')[0]}, "
-            f"{gib(result['largest_archives'][0]['bytes'])}; the machine received "
-            f"{gib(result['network_rx_bytes'])} over its network meanwhile); "
+            f"`make setup` took {result['minutes']:.1f} minutes and {fetched}; "
             f"the environment `.venv` takes {gib(d['venv'])} on disk, the pip cache "
             f"{gib(d['pip_cache'])}, the model cache {gib(d['model_cache'])} (the tiny profile's "
             f"models come as pip packages). Source: `{source}`.")
