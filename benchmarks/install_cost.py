@@ -172,8 +172,9 @@ def readme_text(result: dict, source) -> str:
     """README's sentence of figures, from one results file."""
     m, d = result["machine"], result["disk_bytes"]
     if result.get("archives_bytes") is None:  # a run whose package files were not counted
-        fetched = (f"received {gib(result['network_rx_bytes'])} over the machine's network "
-                   f"(package files not counted in this run: {result.get('note', 'see the file')})")
+        fetched = (f"the machine received {gib(result['network_rx_bytes'])} over its network "
+                   f"meanwhile, other work's traffic included (package files not counted in this "
+                   f"run: {result.get('note', 'see the file')})")
     else:
         largest = result["largest_archives"][0]
         fetched = (f"fetched {result['archives_count']} package files of "
@@ -181,7 +182,8 @@ def readme_text(result: dict, source) -> str:
                    f"downloaded from the package index, {gib(result['archives_from']['local mirror'])} "
                    f"read from the measuring machine's local package mirror; the largest "
                    f"{largest['file'].split('-')[0]}, {gib(largest['bytes'])}; the machine received "
-                   f"{gib(result['network_rx_bytes'])} over its network meanwhile)")
+                   f"{gib(result['network_rx_bytes'])} over its network meanwhile, other work's traffic "
+                   f"included)")
     return (f"Measured from nothing (`python benchmarks/install_cost.py`: a fresh clone, empty pip "
             f"and model caches) on {m['cores']} CPU cores ({m['cpu']}), {result['date'][:10]}: "
             f"`make setup` took {result['minutes']:.1f} minutes and {fetched}; "
