@@ -94,7 +94,8 @@ def test_every_import_is_a_runtime_dependency(who):
 def _environment_yml_requirements() -> dict[str, Requirement]:
     text = (ROOT / "environment.yml").read_text().split("  - pip:", 1)[1]
     pip_lines = re.findall(r"^\s+- \"?([A-Za-z][^\"#\n]*?)\"?\s*$", text, flags=re.M)
-    reqs = [Requirement(line) for line in pip_lines if not line.startswith(("python", "pip"))]
+    reqs = [Requirement(line) for line in pip_lines
+            if not re.match(r"(python|pip)\s*(=|$)", line)]   # python-pptx is a package
     return {r.name.lower(): r for r in reqs}
 
 
