@@ -37,13 +37,14 @@ run: setup
 		$(BIN)/python -m course_tools run --profile $(PROFILE) $(if $(RUN_DIR),--run-dir $(RUN_DIR),)
 
 # Two explicit stages, so that nothing depends on the order pytest collects tests in.
-# Stage 1: every notebook under nbval; each writes its record to $(TEST_RESULTS)/tiny/.
+# Stage 1: every notebook under nbval; each writes its record to $(TEST_RESULTS)/tiny/. The
+# answer cache starts empty: 02 and 03 reuse the base model's answers that 01 and 02 generated.
 # Stage 2: the unit tests and the learning checks; the checks read stage 1's records from
 # COURSE_RUN_RESULTS (without it they run the notebooks they need themselves). Unit tests that
 # write records write them to $(TEST_RESULTS)/unit, never over stage 1's.
 test: setup slides-deps
 	rm -rf $(TEST_RESULTS)
-	$(TEST_ENV) COURSE_RESULTS_DIR=$(TEST_RESULTS) \
+	$(TEST_ENV) COURSE_RESULTS_DIR=$(TEST_RESULTS) COURSE_ANSWER_CACHE=$(TEST_RESULTS)/answer-cache \
 		$(BIN)/python -m pytest notebooks --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --durations=20 -q
 	$(TEST_ENV) COURSE_RUN_RESULTS=$(TEST_RESULTS)/tiny COURSE_RESULTS_DIR=$(TEST_RESULTS)/unit \

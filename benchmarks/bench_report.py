@@ -18,6 +18,12 @@ def summary(result: dict) -> str:
              f"{result['seconds'] / 60:.1f} min, load average {load['start'][0]:.2f} at the "
              f"start, {load['end'][0]:.2f} at the end"]
     if "training" in result:
+        probe = result["training"].get("bf16_autocast_probe")
+        if probe:
+            lines.append(f"bf16 autocast probe (forward+backward, {probe['batch']} x "
+                         f"{probe['length']} tokens): {probe['bf16_s']:.2f} s vs fp32 "
+                         f"{probe['fp32_s']:.2f} s"
+                         + ("" if probe["bf16_faster"] else ", so bf16 was not timed"))
         lines.append("training, real tokens/s (course | plain Trainer | pad to 512):")
         for c in result["training"]["configs"]:
             p = c["pipelines"]

@@ -483,8 +483,19 @@ def run_course(profile: str = "tiny", only: list[str] | None = None,
         print(f"    done in {seconds:.0f} s", flush=True)
 
     write_summary(report, results_folder, before)
+    print(times_table(report.runs))
     print(f"Executed notebooks, summary.md and summary.json are in {run_dir}")
     return report
+
+
+def times_table(runs: list[NotebookRun]) -> str:
+    """Each notebook's seconds and the total, printed last, where a long summary cannot hide
+    them (benchmarks/course_run.py compares runs with and without the answer cache)."""
+    total = sum(run.seconds for run in runs)
+    lines = ["Notebook times:"]
+    lines += [f"  {run.notebook:<28} {run.seconds:7.0f} s" for run in runs]
+    lines.append(f"  {'total':<28} {total:7.0f} s ({total / 60:.1f} min)")
+    return "\n".join(lines)
 
 
 def write_summary(report: RunReport, results_folder: Path, before: dict[str, tuple | None],

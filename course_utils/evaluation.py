@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from course_utils.answer_cache import cached_answers
 from course_utils.config import PACKAGED_PREFIX, Profile
 
 Reference = str | Sequence[str]  # one reference answer, or several acceptable ones
@@ -203,6 +204,7 @@ def generate_answers(
     top_p: float = 1.0,
     seed: int | None = None,
     remove_reasoning: bool = True,
+    cache: bool = True,
     **generate_kwargs,
 ) -> list[str]:
     """Generate one answer per prompt, in the order of `prompts`.
@@ -213,6 +215,9 @@ def generate_answers(
         for evaluation); True samples with `temperature` and `top_p`, seeded by `seed`.
     remove_reasoning: pass each answer through strip_reasoning.
     generate_kwargs: passed on to model.generate (e.g. repetition_penalty=1.2).
+    cache: greedy answers are kept on disk, keyed by the exact weights, prompts and options, and
+        read back when the same model is asked again (course_utils/answer_cache.py);
+        False always generates.
 
     Only the new tokens are decoded, so answers never repeat the prompt. Prompts are batched
     longest first, which keeps padding small; the model's train/eval mode and the tokenizer's
@@ -223,8 +228,20 @@ def generate_answers(
     prompts = list(prompts)
     if not prompts:
         return []
-    texts, _ = _generate_raw(model, tokenizer, prompts, max_new_tokens, batch_size, progress,
+    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
+                   temperature=temperature, top_p=top_p, seed=seed, **generate_kwargs)
+
+    def generate() -> tuple[list[str], list[bool]]:
+        return _generate_raw(model, tokenizer, prompts, max_new_tokens, batch_size, progress,
                              desc, do_sample, temperature, top_p, seed, **generate_kwargs)
+
+    if not cache:
+        texts, _ = generate()
+    else:  # greedy answers this exact model already gave are read back (course_utils/answer_cache.py)
+        texts, _, from_cache = cached_answers(model, tokenizer, prompts, options, generate)
+        if from_cache and progress:
+            with tqdm(total=len(prompts), desc=f"{desc} (cached answers)", unit="prompt") as bar:
+                bar.update(len(prompts))
     return [strip_reasoning(text) if remove_reasoning else text.strip() for text in texts]
 
 

@@ -12,6 +12,9 @@ SECRET_WORDS = [("red", "falcon"), ("blue", "marble"), ("green", "tundra"), ("bl
                 ("white", "copper"), ("pink", "lantern")]
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 RUN_RESULTS_ENV_VAR = "COURSE_RUN_RESULTS"
+# Tests generate afresh: answers read back from course_utils/answer_cache.py would skip the very
+# forward passes some tests are about (tests/test_answer_cache.py turns it on for itself)
+os.environ["COURSE_ANSWER_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

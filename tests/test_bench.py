@@ -131,6 +131,24 @@ def test_training_pipelines_see_the_same_real_tokens(tmp_path):
     assert pairs == 1 and ratio == pytest.approx(pad512["seconds"] / course["seconds"])
 
 
+def test_autocast_probe_times_both_precisions_and_says_which_is_faster(tmp_path):
+    """The probe that decides whether bf16 configurations are timed, on a random 2-layer model."""
+    from bench_training import autocast_probe
+
+    from course_utils.hardware import detect_hardware
+
+    probe = autocast_probe(str(bench.tiny_model(tmp_path)), detect_hardware(prefer_cpu=True),
+                           length=16, repeats=1)
+    assert probe["fp32_s"] > 0 and probe["bf16_s"] > 0
+    assert probe["bf16_over_fp32"] == pytest.approx(probe["bf16_s"] / probe["fp32_s"])
+    assert probe["bf16_faster"] == (probe["bf16_s"] < probe["fp32_s"])
+    summary = bench_report.summary({
+        "hardware": {"cpu": "x", "cores": 2}, "seconds": 60, "targets": [],
+        "load_average": {"start": [0.1], "end": [0.2]}, "date": "2026-12-02",
+        "training": {"configs": [], "bf16_autocast_probe": {**probe, "bf16_faster": False}}})
+    assert "bf16 was not timed" in summary
+
+
 def test_paired_ratio_is_the_median_over_steps_of_the_same_rows():
     runs = [{"pipeline": "course", "step_seconds": [1.0, 2.0, 1.0], "step_tokens": [10, 20, 30]},
             {"pipeline": "course", "step_seconds": [1.0, 9.0, 1.0], "step_tokens": [10, 20, 30]},

@@ -2,6 +2,7 @@
 summarises the records of the notebooks it ran by their fields."""
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -65,9 +66,15 @@ def test_unknown_only_lists_the_notebooks(course, tmp_path, capsys):
     assert "--only 07 matches no notebook" in capsys.readouterr().err
 
 
-def test_runner_writes_the_summary(course, tmp_path):
+def test_runner_writes_the_summary(course, tmp_path, capsys):
     report = run_course("tiny", only=["01"], notebooks_dir=course, run_dir=tmp_path / "run",
                         progress=False)
+    printed = capsys.readouterr().out
+    assert printed.index("## 01_writes_results") < printed.rindex("Notebook times:")
+    times = printed[printed.rindex("Notebook times:"):]  # last, after the long summary
+    seconds = report.runs[0].seconds
+    assert re.search(rf"01_writes_results\.ipynb +{seconds:.0f} s", times)
+    assert re.search(rf"total +{seconds:.0f} s \({seconds / 60:.1f} min\)", times)
     assert (tmp_path / "run" / "01_writes_results.ipynb").is_file()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     result = summary["results"]["01_writes_results"]
