@@ -15,7 +15,7 @@ OFFLINE := $(HUB_OFFLINE) TOKENIZERS_PARALLELISM=false
 TEST_RESULTS := $(CURDIR)/build/test-results
 TEST_ENV := COURSE_PROFILE=tiny MPLBACKEND=Agg $(OFFLINE)
 
-.PHONY: course setup run test test-standalone lint standalone lock clean gpu-check bench bench-table
+.PHONY: course setup run test test-standalone lint standalone lock clean gpu-check bench bench-table bench-course
 
 course: run
 
@@ -106,6 +106,10 @@ bench: setup
 
 bench-table: setup
 	$(BIN)/python benchmarks/bench.py --readme
+
+# The tiny course timed notebook by notebook, with the answer cache off and on (benchmarks/course_run.py)
+bench-course: setup
+	$(BIN)/python benchmarks/course_run.py
 
 # Standalone copies of every notebook for Kaggle and Colab, and whole_course.ipynb, which runs
 # them all in one upload, in standalone/ (REPO=owner/name also writes standalone/README.md with
