@@ -1,8 +1,8 @@
 """Has this exact model already answered these exact prompts? A disk cache of greedy answers.
 
-Notebooks 01-03 ask the same base model (the same weights) the same questions: 02 and 03 score
-the base model's answers to the same test split, and 01-03 take the same forgetting probe of the
-base before training. Greedy decoding is deterministic, so the second notebook can read the
+In the tiny profile notebooks 01-03 ask the same base model (the same weights) the same
+questions: 02 and 03 score the base model's answers to the same test split, and 01-03 take the
+same forgetting probe of the base before training. Greedy decoding is deterministic, so the second notebook can read the
 first one's answers instead of generating them again.
 
 An entry is keyed by everything that decides the answers: a SHA-256 of every weight tensor (its
@@ -11,7 +11,7 @@ the model's class, config and generation config, the tokenizer, the device, the 
 transformers versions, the prompts and every decoding option. Only greedy decoding is cached.
 
 Where: $COURSE_ANSWER_CACHE, else <course cache>/answers (course_utils.config.cache_dir).
-COURSE_ANSWER_CACHE=off turns the cache off (the benchmarks and the unit tests do). A file that
+COURSE_ANSWER_CACHE=off turns the cache off (the unit tests do, through tests/conftest.py). A file that
 cannot be read back is set aside as `<name>.damaged` and the answers are generated again; a
 cache folder that cannot be written only costs the time saved.
 """
