@@ -27,17 +27,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gpu_check import OFFLINE_ENV  # the tiny profile, offline (this folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET_SECONDS = 6 * 60
-OFFLINE = {"COURSE_PROFILE": "tiny", "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run_course(run_dir: Path, answer_cache: str, only: list[str] | None) -> dict:
     """One course run in its own process; {notebook: seconds} from the runner's summary."""
-    env = {**os.environ, **OFFLINE, "COURSE_ANSWER_CACHE": answer_cache,
+    env = {**os.environ, **OFFLINE_ENV, "COURSE_ANSWER_CACHE": answer_cache,
            "COURSE_RESULTS_DIR": str(run_dir / "results")}
     command = [sys.executable, "-m", "course_tools", "run", "--profile", "tiny",
                "--run-dir", str(run_dir / "notebooks"), "--no-progress"]
