@@ -6,8 +6,8 @@ import re
 
 import nbformat
 import pytest
+from fixtures.notebooks import write_notebook
 from fixtures.records import synthetic_records
-from nbformat.v4 import new_code_cell, new_notebook
 
 from course_tools.__main__ import main
 from course_tools.runner import (
@@ -32,23 +32,13 @@ save_record(SetupRecord(
 """
 
 
-def _notebook(path, *sources):
-    cells = [new_code_cell('PROFILE: str = "auto"')]
-    cells[0].metadata["tags"] = ["parameters"]
-    cells += [new_code_cell(s) for s in sources]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, path)
-
-
 @pytest.fixture()
 def course(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "01_writes_results.ipynb", WRITES_A_RECORD)
-    _notebook(notebooks / "02_fails.ipynb", "x = 1", "raise ValueError('boom')")
+    write_notebook(notebooks / "01_writes_results.ipynb", WRITES_A_RECORD)
+    write_notebook(notebooks / "02_fails.ipynb", "x = 1", "raise ValueError('boom')")
     return notebooks
 
 

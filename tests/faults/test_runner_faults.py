@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from fixtures.notebooks import write_notebook
 from nbformat.v4 import new_code_cell, new_notebook
 
 from course_tools.__main__ import main
@@ -52,29 +53,19 @@ def _prepared_record(folder: Path) -> Path:
     return path
 
 
-def _notebook(path, *sources):
-    cells = [new_code_cell('PROFILE: str = "auto"')]
-    cells[0].metadata["tags"] = ["parameters"]
-    cells += [new_code_cell(s) for s in sources]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    nbformat.write(nb, path)
-
-
 @pytest.fixture()
 def course(tmp_path, monkeypatch):
     """01 writes a record; 02 says it started (a file), then sleeps; 03 is trivial."""
     monkeypatch.setenv("COURSE_RESULTS_DIR", str(tmp_path / "results"))
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
-    _notebook(notebooks / "01_writes.ipynb",
-              WRITES_A_RECORD.format(prepared=str(_prepared_record(tmp_path))))
+    write_notebook(notebooks / "01_writes.ipynb",
+                   WRITES_A_RECORD.format(prepared=str(_prepared_record(tmp_path))))
     started = tmp_path / "02-started"
-    _notebook(notebooks / "02_sleeps.ipynb", "x = 1",
-              f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)",
-              "y = 2")
-    _notebook(notebooks / "03_quick.ipynb", "z = 3")
+    write_notebook(notebooks / "02_sleeps.ipynb", "x = 1",
+                   f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)",
+                   "y = 2")
+    write_notebook(notebooks / "03_quick.ipynb", "z = 3")
     return notebooks
 
 
@@ -335,8 +326,8 @@ def test_damaged_results_file_is_one_line_in_the_summary(tmp_path, content):
 
 
 def test_a_kernel_killed_mid_notebook_is_named_and_the_summary_kept(course, tmp_path, capsys):
-    _notebook(course / "04_dies.ipynb", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
-              "never = True")
+    write_notebook(course / "04_dies.ipynb",
+                   "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "never = True")
     code, err = _run(["--notebooks", str(course), "--only", "03", "04",
                       "--run-dir", str(tmp_path / "run")], capsys)
     assert code == 1 and "Traceback" not in err
