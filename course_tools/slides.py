@@ -376,6 +376,7 @@ LABELS = {
         "closed-book (05)": "closed book", "RAG (05)": "RAG",
         "difference": "token F1 difference (paired 95 % interval)",
         "kl": "forgetting: KL(base || tuned) on general prose", "gain": "learning: token F1 gain",
+        "no_forgetting": "forgetting: not measured (rerun notebooks 02-04)",
         "recall": "retrieval on answerable questions", "rag_quality": "answers: token F1",
         "weights": "weights", "gradients": "gradients", "optimizer states": "optimizer states",
         "activations": "activations", "logits (loss)": "logits", "autocast copies": "16-bit copies",
@@ -401,6 +402,7 @@ LABELS = {
         "closed-book (05)": "без контекста", "RAG (05)": "RAG",
         "difference": "разность F1 по словам (парный 95 % интервал)",
         "kl": "забывание: KL(база || дообученная) на общих текстах",
+        "no_forgetting": "забывание не измерено (перезапустите ноутбуки 02-04)",
         "gain": "обучение: прирост F1 по словам",
         "recall": "поиск по вопросам с ответом", "rag_quality": "ответы: F1 по словам",
         "weights": "веса", "gradients": "градиенты", "optimizer states": "состояния оптимизатора",
@@ -585,24 +587,18 @@ def fig_differences(records, lang, size):
 
 
 def fig_forgetting(records, lang, size):
+    """results.plot_forgetting's points, with the slides' labels in `lang`."""
+    from course_utils.results import plot_forgetting
+
     L = LABELS[lang]
     fig = _figure(size)
-    ax = fig.subplots()
-    for stem in NOTEBOOKS[:3]:
-        record = records[stem]
-        if not record.forgetting:
-            continue
-        gain = record.tuned.difference(record.base, "token_f1")
-        kl = record.forgetting["kl_to_base"]
-        ax.errorbar(kl["estimate"], gain.estimate,
-                    xerr=[[kl["estimate"] - kl["low"]], [kl["high"] - kl["estimate"]]],
-                    yerr=[[gain.estimate - gain.low], [gain.high - gain.estimate]],
-                    fmt="o", capsize=4, markersize=8, label=L[record.method])
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set_xlabel(L["kl"])
-    ax.set_ylabel(L["gain"])
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    ax = plot_forgetting(records, ax=fig.subplots())
+    handles, methods = ax.get_legend_handles_labels()
+    ax.set_title("" if handles else L["no_forgetting"])
+    if handles:
+        ax.set_xlabel(L["kl"])
+        ax.set_ylabel(L["gain"])
+        ax.legend(handles, [L[method] for method in methods], frameon=False)
     return fig
 
 
