@@ -74,11 +74,22 @@ class Scores:
 
         return mean_interval(self._scores(metric))
 
-    def difference(self, other: Scores, metric: str = "token_f1"):
-        """self - other on the same questions, with a paired bootstrap 95 % interval."""
+    def difference(self, other: Scores, metric: str = "token_f1", group: str | None = None):
+        """self - other on the same questions, with a paired bootstrap 95 % interval; with
+        `group` ("answerable" or "unanswerable") on that group's questions only."""
         from course_utils.uncertainty import paired_difference
 
-        return paired_difference(other._scores(metric), self._scores(metric))
+        before, after = other._scores(metric), self._scores(metric)
+        if group is not None:
+            if self.groups != other.groups:
+                raise ValueError("the two scores group their questions differently: they were "
+                                 "not scored on the same questions in the same order")
+            keep = [i for i, name in enumerate(self.groups) if name == group]
+            if not keep:
+                raise ValueError(f"no {group!r} questions among these scores (groups: "
+                                 f"{', '.join(sorted(set(self.groups))) or 'none kept'})")
+            before, after = [before[i] for i in keep], [after[i] for i in keep]
+        return paired_difference(before, after)
 
     def _scores(self, metric: str) -> list[float]:
         if metric not in self.per_question:

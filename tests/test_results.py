@@ -217,3 +217,20 @@ def test_records_are_dataclasses_written_by_field_name(lora):
     _, data = saved_file(lora)
     names = {f.name for f in dataclasses.fields(FineTuneRecord)}
     assert set(data) == names | {"schema", "kind"}
+
+
+def test_a_difference_can_be_taken_on_one_group_of_questions():
+    """A gain on answerable questions and a loss on unanswerable ones show apart; the overall
+    difference mixes them."""
+    groups = ["unanswerable"] * 2 + ["answerable"] * 4
+    base = dataclasses.replace(synthetic_records()["03_lora"].base, n=6, groups=groups,
+                               per_question={"token_f1": [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]})
+    tuned = dataclasses.replace(base, per_question={"token_f1": [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]})
+    assert tuned.difference(base, "token_f1", group="answerable").estimate == pytest.approx(1.0)
+    assert tuned.difference(base, "token_f1", group="unanswerable").estimate == pytest.approx(-1.0)
+    assert tuned.difference(base, "token_f1").estimate == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="no 'other' questions.*answerable, unanswerable"):
+        tuned.difference(base, "token_f1", group="other")
+    regrouped = dataclasses.replace(tuned, groups=list(reversed(groups)))
+    with pytest.raises(ValueError, match="not scored on the same questions"):
+        regrouped.difference(base, "token_f1", group="answerable")

@@ -99,3 +99,21 @@ def test_notebook_05s_tiny_top_k_is_the_one_chosen_on_validation():
     assert "05_rag-TOP_K.json" in reason and "test split" not in reason
     means = {run["value"]: f"{run['token_f1']:.3f}" for run in saved["runs"]}
     assert all(mean in reason for mean in means.values()), (means, reason)
+
+
+@pytest.mark.parametrize("notebook, stem", [("02", "02_full_finetuning"), ("03", "03_lora"),
+                                            ("04", "04_qlora")])
+def test_tiny_learning_rates_are_the_ones_chosen_on_validation(notebook, stem):
+    """The tiny learning rates of 02-04 are the values their saved tuning runs chose on the
+    validation questions (course_tools/tuning/tiny/<stem>-LEARNING_RATE.json), and each reason
+    cites that file and its measured means, never the test split."""
+    from course_utils.config import RECIPES
+
+    value, reason = RECIPES[notebook]["tiny"]["learning_rate"]
+    assert value == tune.chosen(stem, "LEARNING_RATE")
+    saved = json.loads((tune.TUNING_DIR / "tiny" / f"{stem}-LEARNING_RATE.json").read_text())
+    assert saved["split"] == "validation" and saved["metric"] == "token_f1"
+    assert len(saved["runs"]) >= 3 and all(run["n"] == 24 for run in saved["runs"])
+    assert f"{stem}-LEARNING_RATE.json" in reason and "test split" not in reason
+    means = [f"{run['token_f1']:.2f}" for run in saved["runs"]]
+    assert all(mean in reason for mean in means), (means, reason)
