@@ -34,10 +34,11 @@ METHODS = ("full", "lora", "qlora")
 def measure(method: str, steps: int, batch_size: int) -> dict:
     """One method in this process: load, build a fixed batch, time `steps` optimizer steps."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from bench_training import with_notebook_adapter  # this folder: run as a script
+    from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    from course_utils.config import get_profile, recipe
+    from course_utils.config import get_profile
     from course_utils.data import load_msmarco, qa_collator, tokenize_qa_split
     from course_utils.estimator import measured_training_mib
     from course_utils.hardware import detect_hardware
@@ -58,13 +59,7 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
     if method != "full":
         if method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        settings = recipe("03" if method == "lora" else "04", profile)  # the notebooks' adapters
-        targets = settings["target_modules"]
-        model = get_peft_model(model, LoraConfig(
-            r=settings["r"], lora_alpha=settings["lora_alpha"],
-            lora_dropout=settings["lora_dropout"],
-            target_modules=targets if isinstance(targets, str) else list(targets),
-            bias="none", task_type="CAUSAL_LM"))
+        model = with_notebook_adapter(model, method, profile)  # the notebooks' adapters
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows = tokenize_qa_split(tokenizer, load_msmarco(profile)["train"], profile.max_length)
     batch = qa_collator(tokenizer)([rows[i] for i in range(batch_size)])  # (batch, T) tensors

@@ -187,7 +187,8 @@ def readme_table(result: dict, source) -> str:
              "", "| what | measured | target | met |", "|---|---|---|---|"]
     for t in result["targets"]:
         met = "n/a" if t["met"] is None else "yes" if t["met"] else "**no**"
-        lines.append(f"| {t['name']} | {_readme_value(t)} | {t['threshold']} | {met} |")
+        cells = (t["name"], _readme_value(t), t["threshold"], met)
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")  # | in a cell ends it
     return "\n".join(lines)
 
 

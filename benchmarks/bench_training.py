@@ -170,10 +170,10 @@ def load_method(method: str, precision: str, model_id: str, hardware):
     """(model, tokenizer): the notebooks' model for a method. LoRA: notebook 03's adapters on
     the fp32 base; QLoRA: notebook 04's NF4 base (compute dtype bf16 under bf16 autocast)."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    from course_utils.config import get_profile, recipe
+    from course_utils.config import get_profile
     from course_utils.models import load_causal_lm
 
     torch.manual_seed(0)
@@ -188,14 +188,23 @@ def load_method(method: str, precision: str, model_id: str, hardware):
     if method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if method != "full":
-        settings = recipe("03" if method == "lora" else "04", get_profile("tiny"))
-        targets = settings["target_modules"]
-        model = get_peft_model(model, LoraConfig(
-            r=settings["r"], lora_alpha=settings["lora_alpha"],
-            lora_dropout=settings["lora_dropout"],
-            target_modules=targets if isinstance(targets, str) else list(targets),
-            bias="none", task_type="CAUSAL_LM"))
+        model = with_notebook_adapter(model, method, get_profile("tiny"))
     return model, tokenizer
+
+
+def with_notebook_adapter(model, method: str, profile):
+    """`model` with the LoRA adapter of notebook 03 (method "lora") or 04 ("qlora") in that
+    profile's recipe, as the notebooks configure it."""
+    from peft import LoraConfig, get_peft_model
+
+    from course_utils.config import recipe
+
+    settings = recipe("03" if method == "lora" else "04", profile)
+    targets = settings["target_modules"]
+    return get_peft_model(model, LoraConfig(
+        r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        bias="none", task_type="CAUSAL_LM"))
 
 
 def run_pipeline(pipeline: str, model, tokenizer, rows, padded, hardware, precision: str,

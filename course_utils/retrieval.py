@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-APPROXIMATE_FROM = 1_000_000   # corpus size from which "auto" picks HNSW over the exact index
+# Corpus size from which "auto" picks HNSW over the exact index: at 100k vectors an exact scan
+# took 11 ms per question on 2 CPU cores and HNSW (M 32, efSearch 128) 0.16 ms at recall@10
+# 0.99 (make bench, benchmarks/results/bench-amd-epyc-2c.json).
+APPROXIMATE_FROM = 100_000
 INDEX_KINDS = ("auto", "flat", "hnsw")
 MANIFEST_FORMAT = 2            # 2: the checksum covers urls; index.faiss has its own
 MANIFEST_FIELDS = {"format": int, "embedding_model": str, "dimension": int, "count": int,

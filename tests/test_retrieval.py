@@ -170,8 +170,10 @@ def test_hnsw_index_finds_the_same_passages(embedder, store, tmp_path):
     assert loaded.manifest()["index_kind"] == "hnsw" and loaded.index.hnsw.efSearch == 32
 
 
-def test_auto_picks_hnsw_from_a_million_passages():
-    assert IndexSettings().resolved_kind(50_000) == "flat"
+def test_auto_picks_hnsw_from_a_hundred_thousand_passages():
+    assert IndexSettings().resolved_kind(50_000) == "flat"   # the full profile's corpus
+    assert IndexSettings().resolved_kind(99_999) == "flat"
+    assert IndexSettings().resolved_kind(100_000) == "hnsw"
     assert IndexSettings().resolved_kind(1_000_000) == "hnsw"
     assert IndexSettings(kind="flat").resolved_kind(5_000_000) == "flat"
     with pytest.raises(ValueError, match="index kind"):
