@@ -195,16 +195,13 @@ def load_method(method: str, precision: str, model_id: str, hardware):
 def with_notebook_adapter(model, method: str, profile):
     """`model` with the LoRA adapter of notebook 03 (method "lora") or 04 ("qlora") in that
     profile's recipe, as the notebooks configure it."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from course_utils.config import recipe
+    from course_utils.train_cli import adapter_config
 
-    settings = recipe("03" if method == "lora" else "04", profile)
-    targets = settings["target_modules"]
-    return get_peft_model(model, LoraConfig(
-        r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
-        target_modules=targets if isinstance(targets, str) else list(targets),
-        bias="none", task_type="CAUSAL_LM"))
+    return get_peft_model(model, adapter_config(recipe("03" if method == "lora" else "04",
+                                                       profile)))
 
 
 def run_pipeline(pipeline: str, model, tokenizer, rows, padded, hardware, precision: str,

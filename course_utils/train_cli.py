@@ -90,7 +90,7 @@ def rank_hardware(launch: Launch) -> Hardware:
 def load_model(method: str, model_id: str, settings, hardware: Hardware, fsdp: bool = False):
     """(model, tokenizer) as notebooks 02-04 build them: full fine-tuning on fp32 weights,
     LoRA adapters on the frozen base (notebook 03), NF4 base with adapters (notebook 04)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
     from course_utils.models import load_causal_lm
@@ -111,12 +111,19 @@ def load_model(method: str, model_id: str, settings, hardware: Hardware, fsdp: b
                                           quantization_config=quantization)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=settings["activation_checkpointing"])
+    return get_peft_model(model, adapter_config(settings)), tokenizer
+
+
+def adapter_config(settings):
+    """The LoraConfig of notebook 03's or 04's recipe row (`settings`), as the notebooks
+    write it."""
+    from peft import LoraConfig
+
     targets = settings["target_modules"]
-    model = get_peft_model(model, LoraConfig(
+    return LoraConfig(
         r=settings["r"], lora_alpha=settings["lora_alpha"], lora_dropout=settings["lora_dropout"],
         target_modules=targets if isinstance(targets, str) else list(targets),
-        bias="none", task_type="CAUSAL_LM"))
-    return model, tokenizer
+        bias="none", task_type="CAUSAL_LM")
 
 
 def trainable_checksum(model) -> float:
