@@ -85,20 +85,30 @@ def test_simplest_first_takes_the_first_value_the_validation_set_cannot_tell_fro
     assert tune.choose(runs, "token_f1", simplest_first=True)["value"] == 2  # 1 is shown worse
 
 
+def recipe_cites_its_tuning_run(notebook: str, setting: str, stem: str, parameter: str,
+                                decimals: int) -> dict:
+    """Assert that RECIPES[notebook]["tiny"][setting] holds the value the saved tuning run
+    (course_tools/tuning/tiny/<stem>-<parameter>.json) chose on validation token F1, and that
+    its reason cites that file and every run's mean (to `decimals`), never the test split.
+    Returns the saved run."""
+    from course_utils.config import RECIPES
+
+    value, reason = RECIPES[notebook]["tiny"][setting]
+    assert value == tune.chosen(stem, parameter)
+    saved = json.loads((tune.TUNING_DIR / "tiny" / f"{stem}-{parameter}.json").read_text())
+    assert saved["split"] == "validation" and saved["metric"] == "token_f1"
+    assert f"{stem}-{parameter}.json" in reason and "test split" not in reason
+    means = [f"{run['token_f1']:.{decimals}f}" for run in saved["runs"]]
+    assert all(mean in reason for mean in means), (means, reason)
+    return saved
+
+
 def test_notebook_05s_tiny_top_k_is_the_one_chosen_on_validation():
     """RECIPES["05"]["tiny"]["k"] holds the value the saved tuning run chose on validation
     (course_tools/tuning/tiny/05_rag-TOP_K.json), and its reason cites that file."""
-    from course_utils.config import RECIPES
-
-    value, reason = RECIPES["05"]["tiny"]["k"]
-    assert value == tune.chosen("05_rag", "TOP_K")
-    saved = json.loads((tune.TUNING_DIR / "tiny" / "05_rag-TOP_K.json").read_text())
-    assert saved["split"] == "validation" and saved["metric"] == "token_f1"
+    saved = recipe_cites_its_tuning_run("05", "k", "05_rag", "TOP_K", decimals=3)
     assert saved["rule"].startswith("simplest first")
     assert [run["value"] for run in saved["runs"]] == [1, 2, 3]
-    assert "05_rag-TOP_K.json" in reason and "test split" not in reason
-    means = {run["value"]: f"{run['token_f1']:.3f}" for run in saved["runs"]}
-    assert all(mean in reason for mean in means.values()), (means, reason)
 
 
 @pytest.mark.parametrize("notebook, stem", [("02", "02_full_finetuning"), ("03", "03_lora"),
@@ -107,13 +117,6 @@ def test_tiny_learning_rates_are_the_ones_chosen_on_validation(notebook, stem):
     """The tiny learning rates of 02-04 are the values their saved tuning runs chose on the
     validation questions (course_tools/tuning/tiny/<stem>-LEARNING_RATE.json), and each reason
     cites that file and its measured means, never the test split."""
-    from course_utils.config import RECIPES
-
-    value, reason = RECIPES[notebook]["tiny"]["learning_rate"]
-    assert value == tune.chosen(stem, "LEARNING_RATE")
-    saved = json.loads((tune.TUNING_DIR / "tiny" / f"{stem}-LEARNING_RATE.json").read_text())
-    assert saved["split"] == "validation" and saved["metric"] == "token_f1"
+    saved = recipe_cites_its_tuning_run(notebook, "learning_rate", stem, "LEARNING_RATE",
+                                        decimals=2)
     assert len(saved["runs"]) >= 3 and all(run["n"] == 24 for run in saved["runs"])
-    assert f"{stem}-LEARNING_RATE.json" in reason and "test split" not in reason
-    means = [f"{run['token_f1']:.2f}" for run in saved["runs"]]
-    assert all(mean in reason for mean in means), (means, reason)
