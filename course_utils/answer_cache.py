@@ -2,8 +2,8 @@
 
 In the tiny profile notebooks 01-03 ask the same base model (the same weights) the same
 questions: 02 and 03 score the base model's answers to the same test split, and 01-03 take the
-same forgetting probe of the base before training. Greedy decoding is deterministic, so the second notebook can read the
-first one's answers instead of generating them again.
+same forgetting probe of the base before training. Greedy decoding is deterministic, so the
+second notebook can read the first one's answers instead of generating them again.
 
 An entry is keyed by everything that decides the answers: a SHA-256 of every weight tensor (its
 name, dtype, shape and bytes: a trained model, an adapter or another precision is another key),
@@ -11,9 +11,9 @@ the model's class, config and generation config, the tokenizer, the device, the 
 transformers versions, the prompts and every decoding option. Only greedy decoding is cached.
 
 Where: $COURSE_ANSWER_CACHE, else <course cache>/answers (course_utils.config.cache_dir).
-COURSE_ANSWER_CACHE=off turns the cache off (the unit tests do, through tests/conftest.py). A file that
-cannot be read back is set aside as `<name>.damaged` and the answers are generated again; a
-cache folder that cannot be written only costs the time saved.
+COURSE_ANSWER_CACHE=off turns the cache off (the unit tests do, through tests/conftest.py). A
+file that cannot be read back is set aside as `<name>.damaged` and the answers are generated
+again; a cache folder that cannot be written only costs the time saved.
 """
 
 from __future__ import annotations
